@@ -1,0 +1,249 @@
+"""The `avjax` command line: thin argument parsing over library functions.
+
+Every subcommand calls one library function, so tests and notebooks can do the
+same without a shell. Heavy imports (jax, TensorFlow) happen inside the handlers,
+which keeps `--help` instant. A user error prints one line, `avjax: error: ...`,
+and exits 2; the traceback appears only with `--verbose`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from avjax.errors import NotBuiltYet, UserError
+
+PROG = "avjax"
+DATASETS = ("ravdess", "crema_d", "folder")
+
+# Exit codes: 0 ok, 1 internal failure, 2 user error (bad flag, bad input).
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+  from input_pipeline.synth import generate_corpus
+  try:
+    report = generate_corpus(args.out, actors=args.actors,
+                             clips_per_emotion=args.clips_per_emotion, seed=args.seed,
+                             difficulty=args.difficulty, workers=args.workers,
+                             progress=not args.quiet)
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  print(f"wrote {report.n_clips} clips ({len(report.files)} files) to {report.out_dir} "
+        f"in {report.seconds:.1f} s")
+  return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+  from input_pipeline import prepare
+  report = prepare.prepare(dataset=args.dataset, manual_dir=args.manual_dir,
+                           data_dir=args.data_dir, feature_set=args.features,
+                           workers=args.workers, progress=not args.quiet)
+  print(report.summary())
+  return 0
+
+
+def _load_config(args: argparse.Namespace):
+  from avjax.configs import load_config
+  return load_config(args.config, args.overrides)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+  config = _load_config(args)
+  from avjax.train import train_and_evaluate
+  metrics = train_and_evaluate(config, args.workdir)
+  if metrics:
+    print(" ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
+                   if isinstance(v, (int, float))))
+  return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+  from avjax.train.evaluate import evaluate_workdir
+  report = evaluate_workdir(args.workdir)
+  for path in report.get("files", []):
+    print(path)
+  return 0
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+  config = _load_config(args)
+  from avjax.train.evaluate import cross_validate
+  result = cross_validate(config, args.workdir, folds=args.folds)
+  print(result.get("markdown", ""))
+  return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+  raise NotBuiltYet("avjax export is not built yet (issue 7: export to jax.export and "
+                    "TF SavedModel)")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+  raise NotBuiltYet("avjax predict is not built yet (issue 7: predict on your own video)")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+  from avjax.demo import run_demo
+  summary = run_demo(args.workdir, actors=args.actors,
+                     clips_per_emotion=args.clips_per_emotion, seed=args.seed)
+  return 0 if summary.ok else EXIT_FAILURE
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+  return value
+
+
+def _non_negative_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+  return value
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports errors as one line and exit code 2, like UserError."""
+
+  def error(self, message: str):
+    raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog=PROG, description="Audio-visual emotion recognition in JAX.")
+  parser.add_argument("--verbose", "-v", action="store_true",
+                      help="show tracebacks and debug logs")
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  sub.required = True
+
+  p = sub.add_parser("synth", help="write the synthetic audio-visual corpus (RAVDESS layout)")
+  p.add_argument("--out", required=True, help="output directory (Actor_XX/ folders)")
+  p.add_argument("--actors", type=_positive_int, default=24, help="number of actors (1-24)")
+  p.add_argument("--clips-per-emotion", type=_positive_int, default=8,
+                 help="clips per emotion and actor (8 = RAVDESS's 60 clips per actor)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--difficulty", type=_non_negative_float, default=1.0,
+                 help="how subtle the emotion cues are (higher is harder)")
+  p.add_argument("--workers", type=_positive_int, default=None,
+                 help="worker processes (default: all cores)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(handler=_cmd_synth)
+
+  p = sub.add_parser("prepare", help="precompute a feature set into TFDS ArrayRecord files")
+  p.add_argument("--dataset", required=True, choices=DATASETS)
+  p.add_argument("--manual-dir", required=True,
+                 help="where the corpus lies (as distributed, or a synth output)")
+  p.add_argument("--data-dir", required=True, help="TFDS data directory to write")
+  p.add_argument("--features", required=True, help="feature set name, e.g. mfcc")
+  p.add_argument("--workers", type=_positive_int, default=None,
+                 help="worker processes (default: all cores)")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.set_defaults(handler=_cmd_prepare)
+
+  for name, handler, text in (
+      ("train", _cmd_train, "train one config into a workdir (resumes if present)"),
+      ("cv", _cmd_cv, "run every fold of the config's protocol; mean ± std")):
+    p = sub.add_parser(name, help=text,
+                       epilog="Override any config field with --config.KEY=VALUE.")
+    p.add_argument("--config", required=True, help="experiments/NAME.py[:ARGS]")
+    p.add_argument("--workdir", required=True)
+    if name == "cv":
+      p.add_argument("--folds", default=None,
+                     help="comma-separated fold indices (default: all folds)")
+    p.set_defaults(handler=handler)
+
+  p = sub.add_parser("evaluate", help="write report.json and figures for a trained workdir")
+  p.add_argument("--workdir", required=True)
+  p.set_defaults(handler=_cmd_evaluate)
+
+  p = sub.add_parser("export", help="export a trained model (jax.export + TF SavedModel)")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--out", required=True)
+  p.set_defaults(handler=_cmd_export)
+
+  p = sub.add_parser("predict", help="predict emotions over time in your own clip")
+  p.add_argument("file", help="mp4, flv, avi, mov or wav")
+  p.add_argument("--model", required=True, help="an exported model directory")
+  p.add_argument("--window", type=float, default=3.0, help="window length in seconds")
+  p.add_argument("--hop", type=float, default=1.0, help="hop between windows in seconds")
+  p.add_argument("--json", default=None, help="write per-window probabilities here")
+  p.add_argument("--plot", default=None, help="write a timeline PNG here")
+  p.set_defaults(handler=_cmd_predict)
+
+  p = sub.add_parser("demo", help="synth -> prepare -> train -> evaluate -> export -> predict")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--actors", type=_positive_int, default=8)
+  p.add_argument("--clips-per-emotion", type=_positive_int, default=4)
+  p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(handler=_cmd_demo)
+  return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  """Parses argv; `--config.KEY=VALUE` (or `--config.KEY VALUE`) become overrides."""
+  parser = build_parser()
+  args, unknown = parser.parse_known_args(list(argv))
+  overrides, stray = [], []
+  i = 0
+  while i < len(unknown):
+    token = unknown[i]
+    if token.startswith("--config."):
+      if "=" not in token and i + 1 < len(unknown) and not unknown[i + 1].startswith("--"):
+        token = f"{token}={unknown[i + 1]}"
+        i += 1
+      overrides.append(token[2:])
+    else:
+      stray.append(token)
+    i += 1
+  if overrides and args.command not in ("train", "cv"):
+    raise UserError(f"{PROG} {args.command}: --config.KEY overrides apply only to train and cv")
+  if stray:
+    raise UserError(f"{PROG} {args.command}: unrecognized arguments: {' '.join(stray)}")
+  args.overrides = overrides
+  return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  verbose = "--verbose" in argv or "-v" in argv
+  logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                      format="%(levelname)s %(name)s: %(message)s")
+  if not verbose:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  try:
+    args = parse_args(argv)
+    return int(args.handler(args) or 0)
+  except SystemExit as e:  # --help exits 0 through argparse.
+    return int(e.code or 0)
+  except KeyboardInterrupt:
+    print(f"{PROG}: interrupted", file=sys.stderr)
+    return 130
+  except Exception as e:  # noqa: BLE001 - the CLI is the one place errors become lines.
+    from input_pipeline.errors import InputError
+    user = isinstance(e, (UserError, InputError, FileNotFoundError, NotADirectoryError))
+    if verbose:
+      traceback.print_exc()
+    message = " ".join(str(e).split()) or type(e).__name__
+    if not user:
+      message = f"{type(e).__name__}: {message}"
+      if not verbose:
+        message += " (run again with --verbose for the traceback)"
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR if user else EXIT_FAILURE
+
+
+if __name__ == "__main__":
+  sys.exit(main())
