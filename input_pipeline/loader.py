@@ -221,3 +221,141 @@ def augmentations_from_config(augment: Mapping[str, Any] | None
     else:
       raise ValueError(f"unknown augmentation {name!r} (known: spec_augment, frames, mixup)")
   return per_example, mixup
+
+
+# --- Prepared TFDS data -> Datasets for one fold ---------------------------------
+
+
+class IndexedSource:
+  """A view of a random-access source restricted to `indices` (leaky clip split)."""
+
+  def __init__(self, source: Sequence[Example], indices: Sequence[int]):
+    self._source, self._indices = source, np.asarray(indices, dtype=np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int) -> Example:
+    return self._source[int(self._indices[i])]
+
+
+class JoinedSource:
+  """Examples of several feature sets of the same takes, merged by `take_id`.
+
+  Different feature sets may have skipped different takes (e.g. a video set skips
+  a take whose mp4 is broken); only takes present in all of them are kept, and how
+  many were dropped is recorded in `dropped`.
+  """
+
+  def __init__(self, sources: Sequence[Sequence[Example]]):
+    self._sources = list(sources)
+    positions = []
+    for src in self._sources:
+      positions.append({_text(src[i]["take_id"]): i for i in range(len(src))})
+    common = [t for t in positions[0] if all(t in p for p in positions[1:])]
+    self._rows = [tuple(p[t] for p in positions) for t in common]
+    self.dropped = sum(len(p) for p in positions) - len(common) * len(positions)
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def __getitem__(self, i: int) -> Example:
+    merged: dict[str, Any] = {}
+    for src, j in zip(self._sources, self._rows[i]):
+      merged.update(src[j])
+    return merged
+
+
+def _text(value) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _feature_sets(data_config) -> tuple[str, ...]:
+  names = data_config.get("feature_sets") or ()
+  if isinstance(names, str):
+    names = (names,)
+  single = data_config.get("feature_set")
+  if single and single not in names:
+    names = (single, *names)
+  if not names:
+    raise ValueError("config.data needs feature_set (or feature_sets)")
+  return tuple(names)
+
+
+def open_prepared(data_dir: str, dataset: str, feature_set: str):
+  """The TFDS builder of a prepared dataset, read from its directory (no builder
+  code, no TensorFlow needed)."""
+  import tensorflow_datasets as tfds
+
+  from input_pipeline.prepare import prepared_path
+  return tfds.builder_from_directory(prepared_path(data_dir, dataset, feature_set))
+
+
+def _actor_splits(builder) -> dict[int, str]:
+  from input_pipeline.builders.base import actor_of_split
+  return {actor_of_split(name): name for name, info in builder.info.splits.items()
+          if info.num_examples > 0}
+
+
+def _source_for(builders, split_names: Sequence[str]):
+  if not split_names:
+    return []
+  spec = "+".join(split_names)
+  sources = [b.as_data_source(split=spec) for b in builders]
+  return sources[0] if len(sources) == 1 else JoinedSource(sources)
+
+
+def create_datasets(data_config, *, global_batch_size: int, seed: int,
+                    process_index: int = 0, process_count: int = 1) -> Datasets:
+  """Opens the prepared feature set(s), cuts the fold and builds the loaders."""
+  from input_pipeline import splits as splits_lib
+
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by "
+                     f"{process_count} processes")
+  batch = global_batch_size // process_count
+  names = _feature_sets(data_config)
+  builders = [open_prepared(data_config.data_dir, data_config.dataset, n) for n in names]
+  actor_splits = _actor_splits(builders[0])
+  split = splits_lib.make_split(
+      data_config.protocol, int(data_config.get("fold", 0)), list(actor_splits),
+      k=int(data_config.get("k", 5)), seed=seed,
+      allow_leaky=bool(data_config.get("allow_leaky", False)))
+  if split.leaky:
+    everything = _source_for(builders, [actor_splits[a] for a in sorted(actor_splits)])
+    cut = splits_lib.random_clip_indices(len(everything), split)
+    sources = {name: IndexedSource(everything, idx) for name, idx in cut.items()}
+  else:
+    sources = {name: _source_for(builders, [actor_splits[a] for a in split.actors(name)])
+               for name in ("train", "val", "test")}
+  features = {}
+  for b in builders:
+    features.update(b.info.features)
+  keys = tuple(data_config.get("keys") or ()) or None
+  wanted = keys or tuple(k for k in features if k != "label")
+  spec = {}
+  for k in wanted:
+    if k not in features:
+      raise ValueError(f"config.data.keys: {k!r} is not a feature of "
+                       f"{', '.join(names)} (has: {', '.join(sorted(features))})")
+    spec[k] = (tuple(features[k].shape), features[k].np_dtype)
+  label = builders[0].info.features["label"]
+  per_example, mixup = augmentations_from_config(data_config.get("augment"))
+  train = train_dataset(
+      sources["train"], batch_size=batch, seed=seed, shard_index=process_index,
+      shard_count=process_count, keys=keys, transforms=per_example,
+      batch_transforms=[mixup] if mixup else [],
+      worker_count=int(data_config.get("worker_count", 0)))
+  evals = {}
+  for name in data_config.get("eval_splits", ("val", "test")):
+    if len(sources[name]):
+      evals[name] = (lambda src=sources[name]: eval_batches(
+          src, batch_size=batch, shard_index=process_index, shard_count=process_count,
+          keys=keys))
+  info = DataInfo(
+      num_classes=label.num_classes, class_names=tuple(label.names), element_spec=spec,
+      protocol=split.protocol, leaky=split.leaky, fold=split.fold,
+      split_actors={s: split.actors(s) for s in ("train", "val", "test")},
+      num_examples={s: len(src) for s, src in sources.items()},
+      dataset=data_config.dataset, feature_set="+".join(names))
+  return Datasets(train=train, evals=evals, info=info)

@@ -1,0 +1,299 @@
+"""What every avjax TFDS builder shares: feature-set configs, the example schema,
+per-actor splits, and the parallel per-take feature computation with skip records.
+
+A corpus builder only says how to find *takes* in the manual directory (one take =
+one recorded performance, whatever files carry it). Each take becomes one example,
+so the audio-only, video-only and audio-video files of a take always travel
+together. Splits are per actor (`actor_01`, `actor_02`, ...): an evaluation
+protocol is then a union of actor splits, and no split can mix a take's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import multiprocessing
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from input_pipeline import features as features_lib
+from input_pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MEDIA_EXTENSIONS = (".mp4", ".wav", ".flv", ".avi", ".mov", ".mkv", ".webm", ".m4a", ".mp3")
+VIDEO_EXTENSIONS = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm")
+NO_VIDEO = -1.0  # face_hit_rate of an example without video frames
+
+
+@dataclasses.dataclass(frozen=True)
+class Take:
+  """One recorded performance and the files that carry it."""
+  take_id: str
+  actor: int
+  label: int
+  emotion: str
+  sex: str = "unknown"
+  intensity: int = 0
+  statement: int = 0
+  repetition: int = 0
+  audio_file: str | None = None        # a wav, or a container with an audio track
+  video_file: str | None = None
+  files: tuple[str, ...] = ()          # every file of the take, for the report
+
+
+@dataclasses.dataclass(frozen=True)
+class Skip:
+  """A take or file that did not become an example, and why."""
+  files: tuple[str, ...]
+  reason: str
+  take_id: str | None = None
+
+
+@dataclasses.dataclass
+class Discovery:
+  takes: list[Take]
+  skipped: list[Skip]          # found but unusable before decoding (bad names, excluded)
+  ignored: list[str]           # non-media files, listed but not counted as clips
+
+
+class FeatureSetConfig(tfds.core.BuilderConfig):
+  """A builder config is a feature set: its name and version are the feature set's."""
+
+  def __init__(self, feature_set: features_lib.FeatureSet, **kwargs):
+    super().__init__(name=feature_set.name, version=feature_set.version,
+                     description=feature_set.description, **kwargs)
+    self.feature_set_name = feature_set.name
+
+
+def feature_set_configs() -> list[FeatureSetConfig]:
+  return [FeatureSetConfig(fs) for fs in features_lib.FEATURE_SETS.values()]
+
+
+def metadata_features(class_names: Sequence[str]) -> dict:
+  """The per-example metadata every builder writes. All `Tensor`/`Text`/`ClassLabel`,
+  so reading needs no TensorFlow."""
+  scalar = lambda dtype: tfds.features.Tensor(shape=(), dtype=dtype)
+  return {
+      "clip_id": tfds.features.Text(),
+      "take_id": tfds.features.Text(),
+      "actor": scalar(np.int32),
+      "sex": tfds.features.Text(),
+      "label": tfds.features.ClassLabel(names=list(class_names)),
+      "emotion": tfds.features.Text(),
+      "intensity": scalar(np.int32),
+      "statement": scalar(np.int32),
+      "repetition": scalar(np.int32),
+      "has_audio": scalar(np.bool_),
+      "has_video": scalar(np.bool_),
+      "source_files": tfds.features.Text(),
+      "face_hit_rate": scalar(np.float32),
+      "face_fallback_frames": scalar(np.int32),
+      "face_centre_fallback": scalar(np.bool_),
+  }
+
+
+def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip]:
+  """Decodes a take and computes one feature set. Runs in worker processes."""
+  from input_pipeline import face as face_lib  # Imported here: heavy, worker-side.
+  from input_pipeline import media
+
+  feature_set = features_lib.get_feature_set(feature_set_name)
+  need_audio = "audio" in feature_set.modalities
+  need_video = "video" in feature_set.modalities
+  audio = sample_rate = frames = fps = boxes = None
+  hit_rate, fallback_frames, centre = NO_VIDEO, 0, False
+  try:
+    if need_audio:
+      if take.audio_file is None:
+        raise InputError(take.video_file or take.take_id, "no audio file for this take")
+      audio, sample_rate = media.read_audio(take.audio_file)
+    if need_video:
+      if take.video_file is None:
+        raise InputError(take.audio_file or take.take_id, "no video file for this take")
+      frames, fps = media.read_video(take.video_file, max_side=feature_video_max_side())
+      track = face_lib.track_faces(frames, every=2)
+      boxes = track.boxes
+      hit_rate = float(track.hit_rate)
+      fallback_frames = int(np.sum(track.source != face_lib.DETECTED))
+      centre = bool(np.any(track.source == face_lib.CENTRE))
+    clip = features_lib.ClipMedia(clip_id=take.take_id, audio=audio, sample_rate=sample_rate,
+                                  frames=frames, fps=fps, face_boxes=boxes)
+    values = feature_set.compute(clip)
+  except InputError as e:
+    return take.take_id, Skip(take.files, e.cause if e.path else str(e), take.take_id)
+  except Exception as e:  # noqa: BLE001 - a broken clip must not end a 1440-clip build.
+    return take.take_id, Skip(take.files, f"{type(e).__name__}: {' '.join(str(e).split())}",
+                              take.take_id)
+  has_audio = audio is not None or (take.audio_file is not None and not need_audio)
+  example = {
+      "clip_id": take.take_id,
+      "take_id": take.take_id,
+      "actor": take.actor,
+      "sex": take.sex,
+      "label": take.label,
+      "emotion": take.emotion,
+      "intensity": take.intensity,
+      "statement": take.statement,
+      "repetition": take.repetition,
+      "has_audio": has_audio,
+      "has_video": frames is not None or (take.video_file is not None and not need_video),
+      "source_files": ";".join(os.path.basename(f) for f in take.files),
+      "face_hit_rate": hit_rate,
+      "face_fallback_frames": fallback_frames,
+      "face_centre_fallback": centre,
+      **values,
+  }
+  return take.take_id, example
+
+
+def feature_video_max_side() -> int:
+  """Frames are decoded downscaled to this longest side: every feature set crops a
+  face to at most 112 px, and 1280x720 RGB frames would cost 300 MB per clip."""
+  return 480
+
+
+class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the ravdess, crema_d and folder builders."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  BUILDER_CONFIGS = feature_set_configs()
+  CLASS_NAMES: tuple[str, ...] = ()
+
+  def __init__(self, *, workers: int | None = None, progress: bool = True, **kwargs):
+    self._workers = workers or os.cpu_count() or 1
+    self._progress = progress
+    self._data_dir_root = kwargs.get("data_dir") or tempfile.gettempdir()
+    self.skipped: list[Skip] = []
+    self.ignored: list[str] = []
+    self.found = 0
+    self.prepared = 0
+    super().__init__(**kwargs)
+
+  # -- What a corpus builder provides ---------------------------------------------
+
+  def discover(self, manual_dir: str) -> Discovery:
+    raise NotImplementedError
+
+  def class_names(self) -> tuple[str, ...]:
+    return self.CLASS_NAMES
+
+  # -- TFDS ----------------------------------------------------------------------
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    feature_set = features_lib.get_feature_set(self.builder_config.feature_set_name)
+    feats = metadata_features(self.class_names())
+    for key, (shape, dtype) in feature_set.spec.items():
+      feats[key] = tfds.features.Tensor(shape=tuple(shape), dtype=np.dtype(dtype).type)
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__,
+        features=tfds.features.FeaturesDict(feats),
+        supervised_keys=None, homepage=getattr(self, "HOMEPAGE", None),
+        citation=getattr(self, "CITATION", None))
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    """Computes every take's features first (in parallel, into a scratch cache on
+    disk), then declares one split per actor that has at least one example: TFDS
+    cannot write an empty split, and an actor whose every take was skipped must
+    simply be absent, not break the build."""
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    if not os.path.isdir(manual_dir):
+      raise InputError(manual_dir, "manual download directory does not exist")
+    found = self.discover(manual_dir)
+    self.skipped.extend(found.skipped)
+    self.ignored.extend(found.ignored)
+    self.found = len(found.takes) + len(found.skipped)
+    if not found.takes:
+      raise InputError(manual_dir, f"no usable clips found for {self.name} "
+                                   f"({len(found.skipped)} skipped)")
+    os.makedirs(os.fspath(self._data_dir_root), exist_ok=True)
+    self._cache_dir = tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-",
+                                       dir=os.fspath(self._data_dir_root))
+    tasks = [(t, self.builder_config.feature_set_name, self._cache_dir)
+             for t in sorted(found.takes, key=lambda t: (t.actor, t.take_id))]
+    by_actor: dict[int, list[str]] = {}
+    with _pool(self._workers) as pool:
+      results = pool.imap_unordered(_compute_to_cache, tasks) if pool else map(
+          _compute_to_cache, tasks)
+      for take, result in tqdm.tqdm(results, total=len(tasks), unit="clip",
+                                    desc=f"{self.name}/{self.builder_config.name} features",
+                                    disable=not self._progress):
+        if isinstance(result, Skip):
+          log.warning("skipping %s: %s", take.take_id, result.reason)
+          self.skipped.append(result)
+        else:
+          by_actor.setdefault(take.actor, []).append(result)
+    if not by_actor:
+      raise InputError(manual_dir, f"every clip was skipped ({len(self.skipped)}); see "
+                                   "the reasons above")
+    self.prepared = sum(len(v) for v in by_actor.values())
+    return {split_name(actor): self._generate_examples(sorted(paths))
+            for actor, paths in sorted(by_actor.items())}
+
+  def _generate_examples(self, cached: Sequence[str]) -> Iterator[tuple[str, dict]]:
+    for path in cached:
+      with open(path, "rb") as f:
+        key, example = pickle.load(f)
+      os.remove(path)
+      yield key, example
+
+  def cleanup(self) -> None:
+    cache = getattr(self, "_cache_dir", None)
+    if cache:
+      shutil.rmtree(cache, ignore_errors=True)
+      self._cache_dir = None
+
+
+CACHE_PREFIX = ".avjax-prepare-cache-"
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+  """Spawned workers: forking a process that may hold jax/TF threads is unsafe."""
+  if workers <= 1:
+    yield None
+    return
+  pool = multiprocessing.get_context("spawn").Pool(workers)
+  try:
+    yield pool
+  finally:
+    pool.terminate()
+    pool.join()
+
+
+def _compute_to_cache(task) -> tuple[Take, str | Skip]:
+  take, feature_set_name, cache_dir = task
+  key, result = compute_example(take, feature_set_name)
+  if isinstance(result, Skip):
+    return take, result
+  path = os.path.join(cache_dir, f"{hashlib.sha1(key.encode()).hexdigest()}.pkl")
+  with open(path, "wb") as f:
+    pickle.dump((key, result), f, protocol=pickle.HIGHEST_PROTOCOL)
+  return take, path
+
+
+def split_name(actor: int) -> str:
+  return f"actor_{int(actor):02d}" if actor < 100 else f"actor_{int(actor)}"
+
+
+def actor_of_split(name: str) -> int:
+  return int(name.split("_", 1)[1])
+
+
+def walk_files(root: str) -> list[str]:
+  out = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames.sort()
+    for f in sorted(filenames):
+      if not f.startswith("."):
+        out.append(os.path.join(dirpath, f))
+  return out

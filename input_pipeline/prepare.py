@@ -1,0 +1,151 @@
+"""`avjax prepare`: run a builder over a manual directory for one feature set, and
+account for every clip.
+
+TFDS writes into an `incomplete.*` directory and renames it only when every split
+is written, so an interrupted prepare never leaves a dataset that reads as
+complete; running it again starts over cleanly. `prepare_report.json` beside the
+data lists every skipped take or file with its reason, and `prepared + skipped =
+found` always holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import shutil
+import time
+
+import tensorflow_datasets as tfds
+
+from input_pipeline import features as features_lib
+from input_pipeline.builders import BUILDERS
+from input_pipeline.builders import base
+from input_pipeline.builders.folder import class_names_from_labels
+from input_pipeline.errors import InputError
+
+REPORT_FILE = "prepare_report.json"
+
+
+@dataclasses.dataclass
+class PrepareReport:
+  dataset: str
+  feature_set: str
+  version: str
+  data_path: str
+  manual_dir: str
+  found: int
+  prepared: int
+  skipped: list[dict]
+  ignored_files: list[str]
+  seconds: float
+  already_prepared: bool = False
+
+  def summary(self) -> str:
+    if self.already_prepared:
+      return (f"{self.dataset}/{self.feature_set} {self.version} already prepared at "
+              f"{self.data_path} ({self.prepared} examples; report: {REPORT_FILE})")
+    return (f"{self.dataset}/{self.feature_set} {self.version}: found {self.found}, "
+            f"prepared {self.prepared}, skipped {len(self.skipped)} "
+            f"in {self.seconds:.1f} s -> {self.data_path} "
+            f"(report: {os.path.join(self.data_path, REPORT_FILE)})")
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def make_builder(dataset: str, data_dir: str, feature_set: str, *,
+                 manual_dir: str | None = None, workers: int | None = None,
+                 progress: bool = True) -> base.AvBuilder:
+  if dataset not in BUILDERS:
+    raise ValueError(f"unknown dataset {dataset!r} (known: {', '.join(BUILDERS)})")
+  features_lib.get_feature_set(feature_set)  # One-line error for an unknown name.
+  kwargs = dict(data_dir=data_dir, config=feature_set, file_format="array_record",
+                workers=workers, progress=progress)
+  if dataset == "folder":
+    if manual_dir is None:
+      raise ValueError("the folder dataset needs its manual directory for class names")
+    kwargs["class_names"] = class_names_from_labels(manual_dir)
+  return BUILDERS[dataset](**kwargs)
+
+
+def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
+            workers: int | None = None, progress: bool = True) -> PrepareReport:
+  """Builds `dataset` with `feature_set` from `manual_dir` into `data_dir`."""
+  manual_dir = os.path.abspath(os.fspath(manual_dir))
+  data_dir = os.path.abspath(os.fspath(data_dir))
+  if not os.path.isdir(manual_dir):
+    raise InputError(manual_dir, "manual directory does not exist")
+  try:
+    builder = make_builder(dataset, data_dir, feature_set, manual_dir=manual_dir,
+                           workers=workers, progress=progress)
+  except ValueError as e:
+    raise InputError(None, str(e)) from e
+  data_path = os.fspath(builder.data_dir)
+  report_path = os.path.join(data_path, REPORT_FILE)
+  if builder.is_prepared() and os.path.isfile(report_path):
+    with open(report_path) as f:
+      previous = json.load(f)
+    previous.update(already_prepared=True)
+    return PrepareReport(**previous)
+  _remove_stale(data_dir, data_path)
+  start = time.time()
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  if not progress:
+    tfds.disable_progress_bar()
+  try:
+    builder.download_and_prepare(download_config=config)
+  finally:
+    builder.cleanup()
+  report = PrepareReport(
+      dataset=dataset, feature_set=feature_set, version=str(builder.version),
+      data_path=data_path, manual_dir=manual_dir, found=builder.found,
+      prepared=builder.prepared,
+      skipped=[{"files": list(s.files), "take": s.take_id, "reason": s.reason}
+               for s in builder.skipped],
+      ignored_files=list(builder.ignored), seconds=time.time() - start)
+  if report.prepared + len(report.skipped) != report.found:
+    raise RuntimeError(f"accounting error: prepared {report.prepared} + skipped "
+                       f"{len(report.skipped)} != found {report.found}")
+  tmp = report_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(report.to_json(), f, indent=1)
+  os.replace(tmp, report_path)
+  return report
+
+
+def _remove_stale(data_dir: str, data_path: str) -> None:
+  """Leftovers of an interrupted run are never read, but they take disk space."""
+  parent = os.path.dirname(data_path)
+  for stale in glob.glob(os.path.join(parent, "incomplete.*")):
+    shutil.rmtree(stale, ignore_errors=True)
+  for cache in glob.glob(os.path.join(data_dir, base.CACHE_PREFIX + "*")):
+    pid = os.path.basename(cache)[len(base.CACHE_PREFIX):].split("-", 1)[0]
+    if pid.isdigit() and not _alive(int(pid)):  # Another live prepare may own it.
+      shutil.rmtree(cache, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def prepared_path(data_dir: str, dataset: str, feature_set: str) -> str:
+  """The newest complete version directory of a prepared dataset."""
+  root = os.path.join(os.fspath(data_dir), dataset, feature_set)
+  versions = sorted((d for d in glob.glob(os.path.join(root, "*"))
+                     if re.fullmatch(r"\d+\.\d+\.\d+", os.path.basename(d))
+                     and os.path.isfile(os.path.join(d, "dataset_info.json"))),
+                    key=lambda d: tfds.core.Version(os.path.basename(d)))
+  if not versions:
+    raise InputError(root, f"{dataset}/{feature_set} is not prepared here; run "
+                           f"avjax prepare --dataset {dataset} --features {feature_set} "
+                           f"--data-dir {data_dir} --manual-dir DIR")
+  return versions[-1]
