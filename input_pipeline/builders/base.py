@@ -120,7 +120,7 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
     if need_video:
       if take.video_file is None:
         raise InputError(take.audio_file or take.take_id, "no video file for this take")
-      frames, fps = media.read_video(take.video_file, max_side=feature_video_max_side())
+      frames, fps = media.read_video(take.video_file)
       track = face_lib.track_faces(frames, every=2)
       boxes = track.boxes
       hit_rate = float(track.hit_rate)
@@ -134,7 +134,15 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
   except Exception as e:  # noqa: BLE001 - a broken clip must not end a 1440-clip build.
     return take.take_id, Skip(take.files, f"{type(e).__name__}: {' '.join(str(e).split())}",
                               take.take_id)
-  has_audio = audio is not None or (take.audio_file is not None and not need_audio)
+  has_audio = audio is not None
+  if not need_audio and take.audio_file is not None:
+    # Not decoded for this feature set, but recorded honestly: a container may
+    # lack its audio track (RAVDESS fixtures include such an mp4).
+    try:
+      has_audio = take.audio_file.lower().endswith(".wav") or media.probe(
+          take.audio_file).has_audio
+    except InputError:
+      has_audio = False
   example = {
       "clip_id": take.take_id,
       "take_id": take.take_id,

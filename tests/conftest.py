@@ -1,0 +1,85 @@
+"""Shared test fixtures: the real media fixtures in ../shared/fixtures and small
+synthetic corpora, generated once per test session and shared across xdist
+workers (a file lock makes the first worker build them, the others wait)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+# Small synthetic corpus used across the suite: 4 actors (2 male, 2 female), one
+# clip per emotion each.
+SYNTH_ACTORS = 4
+SYNTH_CLIPS_PER_EMOTION = 1
+SYNTH_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+  if not SHARED_FIXTURES.is_dir():
+    pytest.fail(f"{SHARED_FIXTURES} is missing: the shared fixtures must sit beside the repo")
+  return SHARED_FIXTURES
+
+
+def _shared_root(tmp_path_factory) -> Path:
+  """A directory shared by all xdist workers of this session."""
+  base = tmp_path_factory.getbasetemp()
+  root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  path = root / "shared-data"
+  path.mkdir(exist_ok=True)
+  return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+  with open(str(path) + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build_once(tmp_path_factory, name: str, build, path: Path | None = None) -> Path:
+  """Runs `build(path)` once per session across workers; returns the path."""
+  marker = _shared_root(tmp_path_factory) / name
+  path = path or marker
+  done = Path(str(marker) + ".done")
+  with _locked(marker):
+    if not done.exists():
+      build(path)
+      done.write_text("ok")
+  return path
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> Path:
+  """A tiny RAVDESS-layout synthetic corpus."""
+  from input_pipeline.synth import generate_corpus
+
+  def build(path: Path):
+    generate_corpus(path, actors=SYNTH_ACTORS, clips_per_emotion=SYNTH_CLIPS_PER_EMOTION,
+                    seed=SYNTH_SEED, workers=1, progress=False)
+  return build_once(tmp_path_factory, "synth_corpus", build)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, synth_corpus):
+  """`prepared(feature_set)` -> the data_dir holding the synthetic corpus prepared
+  with that feature set (each set built once per session, all in one data_dir)."""
+  from input_pipeline.prepare import prepare
+  data_dir = _shared_root(tmp_path_factory) / "prepared_data"
+
+  def get(feature_set: str) -> Path:
+    def build(path: Path):
+      prepare("ravdess", str(synth_corpus), str(path), feature_set, workers=1,
+              progress=False)
+    return build_once(tmp_path_factory, f"prepared_{feature_set}", build, path=data_dir)
+  return get

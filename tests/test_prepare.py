@@ -1,0 +1,170 @@
+"""TFDS builders and `prepare`: counts, labels, actors, takes, real fixtures, the
+skip report and interrupted runs."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from input_pipeline import naming
+from input_pipeline.builders.base import CACHE_PREFIX
+from input_pipeline.errors import InputError
+from input_pipeline.loader import open_prepared
+from input_pipeline.prepare import prepare, prepared_path
+
+from conftest import SYNTH_ACTORS, SYNTH_CLIPS_PER_EMOTION
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _all_examples(builder):
+  for split in sorted(builder.info.splits):
+    source = builder.as_data_source(split=split)
+    for i in range(len(source)):
+      yield split, source[i]
+
+
+def test_synth_builder_counts_labels_actors_and_takes(prepared):
+  builder = open_prepared(str(prepared("mfcc")), "ravdess", "mfcc")
+  assert sorted(builder.info.splits) == [f"actor_{a:02d}" for a in range(1, SYNTH_ACTORS + 1)]
+  per_actor = 8 * SYNTH_CLIPS_PER_EMOTION  # 8 emotions, K clips each (K <= 4).
+  seen = set()
+  for split, ex in _all_examples(builder):
+    name = naming.parse_ravdess("03-" + ex["take_id"].decode() + ".wav")
+    assert split == f"actor_{name.actor:02d}" and ex["actor"] == name.actor
+    assert ex["label"] == name.label and ex["emotion"].decode() == name.emotion_name
+    assert ex["sex"].decode() == name.sex
+    # One example per take, carrying both of its files.
+    sources = ex["source_files"].decode().split(";")
+    assert sorted(s[:2] for s in sources) == ["01", "03"]
+    assert all(naming.parse_ravdess(s).take_id == name.take_id for s in sources)
+    assert ex["mfcc"].shape == (180, 20) and np.isfinite(ex["mfcc"]).all()
+    seen.add(name.take_id)
+  assert len(seen) == SYNTH_ACTORS * per_actor
+
+
+def test_synth_video_set_finds_faces(prepared):
+  builder = open_prepared(str(prepared("frames3d_gray_80x70x30")), "ravdess",
+                          "frames3d_gray_80x70x30")
+  rates = [ex["face_hit_rate"] for _, ex in _all_examples(builder)]
+  assert len(rates) == SYNTH_ACTORS * 8 * SYNTH_CLIPS_PER_EMOTION
+  assert np.mean(rates) >= 0.95
+  _, ex = next(_all_examples(builder))
+  assert ex["frames3d"].shape == (30, 80, 70, 1) and ex["frames3d"].dtype == np.uint8
+  assert ex["frames3d"].std() > 5  # a real image, not padding
+
+
+def test_real_ravdess_fixture_audio(tmp_path, fixtures_dir):
+  report = prepare("ravdess", str(fixtures_dir / "ravdess"), str(tmp_path), "mfcc",
+                   workers=1, progress=False)
+  wavs = sorted((fixtures_dir / "ravdess").rglob("*.wav"))
+  assert report.found == len(wavs) + 1 and report.prepared == len(wavs)
+  [skip] = report.skipped
+  assert skip["files"][0].endswith("01-01-08-02-01-01-19.mp4")
+  assert "no audio" in skip["reason"]
+  builder = open_prepared(str(tmp_path), "ravdess", "mfcc")
+  for _, ex in _all_examples(builder):
+    assert np.isfinite(ex["mfcc"]).all() and ex["mfcc_mask"].any()
+
+
+def test_real_ravdess_fixture_video_without_audio(tmp_path, fixtures_dir):
+  """The mp4 with no audio track still serves a video feature set, flagged as
+  having no audio; the audio-only wavs are skipped with a reason."""
+  report = prepare("ravdess", str(fixtures_dir / "ravdess"), str(tmp_path), "frames2d_64",
+                   workers=1, progress=False)
+  assert report.prepared == 1 and report.prepared + len(report.skipped) == report.found
+  assert all("no video" in s["reason"] for s in report.skipped)
+  builder = open_prepared(str(tmp_path), "ravdess", "frames2d_64")
+  [(split, ex)] = list(_all_examples(builder))
+  assert split == "actor_19" and not ex["has_audio"] and ex["has_video"]
+  assert ex["face_hit_rate"] > 0.5
+
+
+def test_real_crema_fixture_audio_video(tmp_path, fixtures_dir):
+  report = prepare("crema_d", str(fixtures_dir / "crema_d"), str(tmp_path), "keyframe_mel",
+                   workers=1, progress=False)
+  assert (report.found, report.prepared, report.skipped) == (6, 6, [])
+  builder = open_prepared(str(tmp_path), "crema_d", "keyframe_mel")
+  names = builder.info.features["label"].names
+  for _, ex in _all_examples(builder):
+    stem = ex["take_id"].decode()
+    assert names[ex["label"]] == naming.CREMA_EMOTIONS[stem.split("_")[2]]
+    assert sorted(os.path.splitext(f)[1] for f in ex["source_files"].decode().split(";")) \
+        == [".flv", ".wav"]
+    assert ex["has_audio"] and ex["has_video"] and ex["face_hit_rate"] > 0.5
+    assert np.isfinite(ex["mel_image"]).all()
+
+
+def test_skip_report_lists_every_bad_file(tmp_path, synth_corpus):
+  import soundfile as sf
+  corpus = tmp_path / "corpus" / "Actor_01"
+  corpus.mkdir(parents=True)
+  good = sorted((synth_corpus / "Actor_01").glob("03-*.wav"))[:3]
+  for f in good:
+    shutil.copy(f, corpus)
+  bad = {
+      "03-01-03-02-01-01-01.wav": "corrupt",     # random bytes
+      "03-01-04-02-01-01-01.wav": "truncated",   # cut inside the header
+      "03-01-05-02-01-01-01.wav": "empty audio",  # valid header, no samples
+      "03-01-99-01-01-01-01.wav": "bad name",
+      "my_recording.wav": "bad name",
+  }
+  rng = np.random.default_rng(0)
+  (corpus / "03-01-03-02-01-01-01.wav").write_bytes(rng.bytes(5000))
+  (corpus / "03-01-04-02-01-01-01.wav").write_bytes(good[0].read_bytes()[:30])
+  sf.write(corpus / "03-01-05-02-01-01-01.wav", np.zeros((0,), np.float32), 48000,
+           subtype="PCM_16")
+  shutil.copy(good[0], corpus / "03-01-99-01-01-01-01.wav")
+  shutil.copy(good[0], corpus / "my_recording.wav")
+  (corpus / "notes.txt").write_text("not media")
+  report = prepare("ravdess", str(tmp_path / "corpus"), str(tmp_path / "data"), "mfcc",
+                   workers=1, progress=False)
+  assert report.found == len(good) + len(bad)
+  assert report.prepared == len(good)
+  assert report.prepared + len(report.skipped) == report.found
+  skipped_files = {os.path.basename(s["files"][0]): s["reason"] for s in report.skipped}
+  assert set(skipped_files) == set(bad)
+  for reason in skipped_files.values():
+    assert reason and "\n" not in reason
+  assert [os.path.basename(p) for p in report.ignored_files] == ["notes.txt"]
+  on_disk = Path(report.data_path) / "prepare_report.json"
+  assert on_disk.is_file()
+
+
+def test_interrupted_prepare_never_reads_as_complete(tmp_path, synth_corpus):
+  data_dir = tmp_path / "data"
+  cmd = [sys.executable, "-m", "avjax", "prepare", "--dataset", "ravdess", "--manual-dir",
+         str(synth_corpus), "--data-dir", str(data_dir), "--features", "stip",
+         "--workers", "1", "--quiet"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  deadline = time.time() + 120
+  # Kill once features are being cached, i.e. mid-way through the work.
+  while time.time() < deadline and proc.poll() is None:
+    caches = list(data_dir.glob(CACHE_PREFIX + "*/*.pkl")) if data_dir.exists() else []
+    if len(caches) >= 2:
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, "prepare finished before it could be interrupted"
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  with pytest.raises(InputError, match="not prepared"):
+    prepared_path(str(data_dir), "ravdess", "stip")
+  report = prepare("ravdess", str(synth_corpus), str(data_dir), "stip", workers=1,
+                   progress=False)
+  assert report.prepared == report.found == SYNTH_ACTORS * 8 * SYNTH_CLIPS_PER_EMOTION
+  assert not list(data_dir.glob(CACHE_PREFIX + "*"))
+  assert prepared_path(str(data_dir), "ravdess", "stip")
+
+
+def test_unknown_feature_set_and_missing_dir_are_one_line_errors(tmp_path, synth_corpus):
+  with pytest.raises(InputError, match="unknown feature set|nosuch"):
+    prepare("ravdess", str(synth_corpus), str(tmp_path), "nosuch")
+  with pytest.raises(InputError, match="does not exist"):
+    prepare("ravdess", str(tmp_path / "missing"), str(tmp_path), "mfcc")
