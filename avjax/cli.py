@@ -91,7 +91,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
   from avjax.demo import run_demo
   summary = run_demo(args.workdir, actors=args.actors,
-                     clips_per_emotion=args.clips_per_emotion, seed=args.seed)
+                     clips_per_emotion=args.clips_per_emotion, seed=args.seed,
+                     verbose=args.verbose)
   return 0 if summary.ok else EXIT_FAILURE
 
 

@@ -1,0 +1,144 @@
+"""`avjax demo`: the whole path on the embedded synthetic corpus, end to end.
+
+synth -> prepare -> train -> evaluate -> export -> predict, each step timed and
+reported honestly: a step that is not built yet says so rather than pretending.
+The default size finishes within 10 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from avjax.errors import NotBuiltYet
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The demo trains S1's audio branch (Sultana et al. 2024): the system whose CPU
+# cost fits the 10-minute budget; the config lives with the other experiments.
+DEMO_CONFIG = "experiments/sultana2024.py:audio,demo"
+DEMO_FEATURE_SETS = ("mfcc",)
+DEMO_PROTOCOL_K = 4  # actor_kfold over the demo's actors: 1/4 test, 1/4 val, 1/2 train.
+
+
+@dataclasses.dataclass
+class StepResult:
+  name: str
+  status: str = "pending"      # ran | not built yet | failed | skipped
+  seconds: float = 0.0
+  detail: str = ""
+  outputs: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class DemoSummary:
+  workdir: str
+  steps: list[StepResult]
+
+  @property
+  def ok(self) -> bool:
+    return not any(s.status == "failed" for s in self.steps)
+
+  def table(self) -> str:
+    width = max(len(s.name) for s in self.steps)
+    lines = [f"{'step':<{width}}  {'status':<14} {'time':>7}  detail"]
+    for s in self.steps:
+      t = f"{s.seconds:6.1f}s" if s.status in ("ran", "failed") else "      -"
+      lines.append(f"{s.name:<{width}}  {s.status:<14} {t}  {s.detail}")
+    ran = sum(s.status == "ran" for s in self.steps)
+    lines.append(f"{ran}/{len(self.steps)} steps ran; "
+                 f"{sum(s.status == 'not built yet' for s in self.steps)} not built yet; "
+                 f"{sum(s.status == 'failed' for s in self.steps)} failed.")
+    outputs = [o for s in self.steps for o in s.outputs]
+    if outputs:
+      lines.append("outputs:")
+      lines += [f"  {o}" for o in outputs]
+    return "\n".join(lines)
+
+
+def _run_step(result: StepResult, fn: Callable[[], tuple[str, list[str]]],
+              verbose: bool) -> None:
+  print(f"== {result.name}", flush=True)
+  start = time.time()
+  try:
+    result.detail, result.outputs = fn()
+    result.status = "ran"
+  except NotBuiltYet as e:
+    result.status, result.detail = "not built yet", str(e)
+  except Exception as e:  # noqa: BLE001 - the summary must report every step.
+    result.status = "failed"
+    result.detail = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    if verbose:
+      traceback.print_exc()
+  result.seconds = time.time() - start
+
+
+def run_demo(workdir: str, *, actors: int = 8, clips_per_emotion: int = 4, seed: int = 0,
+             verbose: bool = False) -> DemoSummary:
+  workdir = os.path.abspath(workdir)
+  corpus = os.path.join(workdir, "corpus")
+  data_dir = os.path.join(workdir, "data")
+  train_dir = os.path.join(workdir, "train")
+  steps = {name: StepResult(name) for name in
+           ("synth", "prepare", "train", "evaluate", "export", "predict")}
+  state: dict = {}
+
+  def synth():
+    from input_pipeline.synth import generate_corpus
+    report = generate_corpus(corpus, actors=actors, clips_per_emotion=clips_per_emotion,
+                             seed=seed)
+    return f"{report.n_clips} clips, {actors} actors -> {corpus}", []
+
+  def prepare():
+    from input_pipeline.prepare import prepare as prepare_fn
+    parts, outputs = [], []
+    for feature_set in DEMO_FEATURE_SETS:
+      report = prepare_fn("ravdess", corpus, data_dir, feature_set)
+      parts.append(f"{feature_set}: {report.prepared}/{report.found} prepared, "
+                   f"{len(report.skipped)} skipped")
+      outputs.append(os.path.join(report.data_path, "prepare_report.json"))
+    return "; ".join(parts), outputs
+
+  def train():
+    from avjax.configs import load_config
+    from avjax.train import train_and_evaluate
+    config = load_config(str(REPO_ROOT / DEMO_CONFIG.split(":")[0]) + ":" +
+                         DEMO_CONFIG.split(":", 1)[1],
+                         [f"data.data_dir={data_dir}", "data.protocol=actor_kfold",
+                          f"data.k={DEMO_PROTOCOL_K}", "data.fold=0"])
+    metrics = train_and_evaluate(config, train_dir)
+    state["metrics"] = metrics
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/")}
+    return (" ".join(f"{k}={v:.3f}" for k, v in shown.items()
+                     if isinstance(v, (int, float))) or "trained"), [train_dir]
+
+  def evaluate():
+    from avjax.train.evaluate import evaluate_workdir
+    report = evaluate_workdir(train_dir)
+    return "report.json, confusion matrix and curves", list(report.get("files", []))
+
+  def export():
+    raise NotBuiltYet("issue 7 (jax.export + TF SavedModel)")
+
+  def predict():
+    raise NotBuiltYet("issue 7 (predict on a clip, timeline plot)")
+
+  order = [("synth", synth), ("prepare", prepare), ("train", train),
+           ("evaluate", evaluate), ("export", export), ("predict", predict)]
+  for name, fn in order:
+    depends_failed = any(s.status in ("failed", "skipped") for s in steps.values()
+                         if s.name in _DEPENDS[name])
+    if depends_failed:
+      steps[name].status, steps[name].detail = "skipped", "an earlier step failed"
+      continue
+    _run_step(steps[name], fn, verbose)
+  summary = DemoSummary(workdir, list(steps.values()))
+  print(summary.table(), flush=True)
+  return summary
+
+
+_DEPENDS = {"synth": (), "prepare": ("synth",), "train": ("prepare",),
+            "evaluate": ("train",), "export": ("train",), "predict": ("export",)}
