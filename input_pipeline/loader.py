@@ -91,9 +91,18 @@ def train_dataset(source: Sequence[Example], *, batch_size: int, seed: int,
     ds = ds.random_map(t)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if worker_count > 0:
+    _mark_absl_flags_parsed()
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
   return iter_ds
+
+
+def _mark_absl_flags_parsed() -> None:
+  """Grain's workers read absl flags; outside an absl app (our CLI, pytest, a
+  notebook) nobody parsed them, and the workers would die on first access."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 def eval_batches(source: Sequence[Example], *, batch_size: int, shard_index: int = 0,

@@ -148,3 +148,17 @@ def test_feature_sets_are_joined_by_take(prepared):
   for batch in ds.evals["test"]():
     for take_id, mfcc in zip(batch["take_id"], batch["mfcc"]):
       np.testing.assert_array_equal(by_take[take_id], mfcc)
+
+
+def test_multiprocess_workers_match_in_process_order_and_resume():
+  src = toy_source(n=40)
+  spec = dict(batch_size=4, seed=3, keys=["idx"])
+  serial = take(iter(loader.train_dataset(src, **spec)), 8)
+  it = iter(loader.train_dataset(src, worker_count=2, **spec))
+  parallel = take(it, 5)
+  state = json.loads(json.dumps(it.get_state()))
+  parallel += take(it, 3)
+  assert same(serial, parallel)
+  resumed = iter(loader.train_dataset(src, worker_count=2, **spec))
+  resumed.set_state(state)
+  assert same(take(resumed, 3), serial[5:])
