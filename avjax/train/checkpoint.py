@@ -1,0 +1,133 @@
+"""Orbax checkpoints of a run: train state, Grain iterator position and config.
+
+One `CheckpointManager` under `workdir/checkpoints` with three items per step:
+`state` (params, optimizer state, step, base RNG: StandardSave), `data_iter`
+(Grain's own handler, one JSON file per process, so every host resumes its own
+shard) and `config` (JSON, so `evaluate` can rebuild the model). It keeps the last
+N steps *and* the best step by a validation metric (two preservation policies),
+and writes asynchronously. Restoring takes abstract arrays whose shardings come
+from the *current* mesh, which is what lets a run saved on 8 devices resume on 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+STATE, DATA_ITER, CONFIG = "state", "data_iter", "config"
+
+
+def _metric_getter(name: str, mode: str):
+  worst = -math.inf if mode == "max" else math.inf
+
+  def get(metrics: Mapping[str, Any]) -> float:
+    value = (metrics or {}).get(name)
+    return worst if value is None or not math.isfinite(float(value)) else float(value)
+  return get
+
+
+class Checkpointer:
+  """Thin policy layer over `ocp.CheckpointManager` for one workdir."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
+               best_mode: str = "max", async_save: bool = True,
+               read_only: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.best_metric = best_metric or None
+    policies: list[Any] = [ocp_managers.LatestN(n=max(int(keep), 1))]
+    best_fn = None
+    if self.best_metric:
+      best_fn = _metric_getter(self.best_metric, best_mode)
+      policies.append(ocp_managers.BestN(
+          get_metric_fn=best_fn, reverse=(best_mode == "min"), n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        best_fn=best_fn,  # Also makes Orbax record metrics and answer best_step().
+        best_mode=best_mode,
+        preservation_policy=ocp_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        save_interval_steps=0 if read_only else 1,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
+        create=not read_only)
+    self.manager = ocp.CheckpointManager(
+        self.directory, item_names=(STATE, DATA_ITER, CONFIG), options=options)
+
+  # --- queries ---
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step() if self.best_metric else self.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  # --- save / restore ---
+  def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None,
+           config_json: Mapping[str, Any], metrics: Mapping[str, float] | None = None,
+           force: bool = False) -> bool:
+    items = {STATE: ocp.args.StandardSave(state),
+             CONFIG: ocp.args.JsonSave(dict(config_json))}
+    if data_iter is not None:
+      items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
+    return self.manager.save(
+        step, args=ocp.args.Composite(**items),
+        metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
+        force=force)
+
+  def restore_state(self, step: int, abstract_state: Any) -> Any:
+    """Restores the train state onto the shardings carried by `abstract_state`
+    (a pytree of `jax.ShapeDtypeStruct` with `.sharding` from the current mesh)."""
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)}))
+    return restored[STATE]
+
+  def restore_data_iter(self, step: int, data_iter: grain.DatasetIterator) -> bool:
+    """Moves `data_iter` to where it was at `step`. Returns False (and warns) when
+    the checkpoint holds no state for this process, e.g. after changing the number
+    of hosts: the run then continues with a fresh iterator."""
+    try:
+      self.manager.restore(step, args=ocp.args.Composite(
+          **{DATA_ITER: grain.checkpoint.CheckpointRestore(data_iter)}))
+      return True
+    except (ValueError, FileNotFoundError, KeyError) as e:
+      logging.warning("no data iterator state for this process at step %d (%s); "
+                      "the input pipeline restarts from its beginning", step, e)
+      return False
+
+  def restore_config(self, step: int) -> dict:
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))
+    return dict(restored[CONFIG])
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+  """`ShapeDtypeStruct`s carrying the target shardings, for `restore_state`."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract_tree, shardings)
+
+
+def config_to_json(config) -> dict:
+  """A JSON-able dict of an ml_collections config (tuples become lists)."""
+  return json.loads(config.to_json_best_effort())

@@ -1,0 +1,172 @@
+"""Per-op convolution timings: plain XLA against avjax's CPU path, one run.
+
+For each conv layer of the S1 video net (Conv3D 16, 16, pool, 32, 32 on
+30x80x70x1 clips) and of FERCNN (Conv1D 256/128/64/64/32, k3, VALID on a
+162-long vector), times forward, input gradient (dgrad) and weight gradient
+(wgrad) with `impl='xla'` and `impl='cpu'`, alternating the two so both see the
+same machine load, and prints xla/cpu ratios (>1: the CPU path is faster).
+`--variants` also times formulations we tried and did not pick.
+
+  python benchmarks/conv_ops.py                 # batch 32, both nets
+  python benchmarks/conv_ops.py --net video --batch 8 --variants
+  python benchmarks/conv_ops.py --smoke         # tiny shapes, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from avjax.layers import conv as conv_lib  # noqa: E402
+
+# (name, input shape without batch, kernel, out channels, padding)
+VIDEO = [
+    ("conv3d 1->16", (30, 80, 70, 1), (3, 3, 3), 16, "SAME"),
+    ("conv3d 16->16", (30, 80, 70, 16), (3, 3, 3), 16, "SAME"),
+    ("conv3d 16->32", (15, 40, 35, 16), (3, 3, 3), 32, "SAME"),
+    ("conv3d 32->32", (15, 40, 35, 32), (3, 3, 3), 32, "SAME"),
+]
+FERCNN = [
+    ("conv1d 1->256", (162, 1), (3,), 256, "VALID"),
+    ("conv1d 256->128", (53, 256), (3,), 128, "VALID"),
+    ("conv1d 128->64", (17, 128), (3,), 64, "VALID"),
+    ("conv1d 64->64", (5, 64), (3,), 64, "VALID"),
+    ("conv1d 64->32", (3, 64), (3,), 32, "VALID"),
+]
+SMOKE = [
+    ("smoke conv3d", (4, 6, 5, 2), (3, 3, 3), 3, "SAME"),
+    ("smoke conv1d", (12, 2), (3,), 3, "VALID"),
+]
+
+
+def _passes(impl: str, padding: str):
+  def fwd(x, w, g):
+    return conv_lib.conv_nd(x, w, 1, padding, 1, impl=impl)
+
+  def dgrad(x, w, g):
+    return jax.vjp(lambda x_: conv_lib.conv_nd(x_, w, 1, padding, 1, impl=impl), x)[1](g)[0]
+
+  def wgrad(x, w, g):
+    return jax.vjp(lambda w_: conv_lib.conv_nd(x, w_, 1, padding, 1, impl=impl), w)[1](g)[0]
+  return {"fwd": fwd, "dgrad": dgrad, "wgrad": wgrad}
+
+
+def _variants(ksize, padding):
+  """Formulations tried and not picked (timed with --variants)."""
+  out = {}
+  n = len(ksize)
+
+  def im2col_fwd(x, w, g):
+    pads = conv_lib.explicit_padding(padding, x.shape[1:-1], ksize, (1,) * n, (1,) * n)
+    xp = conv_lib._pad_spatial(x, pads)
+    out_spatial = g.shape[1:-1]
+    b = x.shape[0]
+    xs = xp.reshape(b, 1, *xp.shape[1:])  # one sample per step bounds memory
+    wm = w.reshape(-1, w.shape[-1])
+    ys = lax.map(lambda xc: jnp.dot(conv_lib._patches(xc, ksize, (1,) * n, (1,) * n,
+                                                      out_spatial), wm), xs)
+    return ys.reshape(g.shape)
+  out["fwd im2col (per-sample map)"] = ("fwd", im2col_fwd)
+
+  if n == 3:
+    def shift_wgrad_derived(x, w, g):
+      pads = conv_lib.explicit_padding(padding, x.shape[1:-1], ksize, (1,) * 3, (1,) * 3)
+      xp = conv_lib._pad_spatial(x, pads)
+      f = lambda w_: conv_lib._shift_valid(xp, w_, (1,) * 3, (1,) * 3, x.dtype)
+      return jax.vjp(f, w)[1](g)[0]
+    out["wgrad XLA-derived from depth-shift form"] = ("wgrad", shift_wgrad_derived)
+
+    def fold_fwd(x, w, g):
+      # Depth taps folded into channels: one 2D conv with 3x the input channels.
+      pads = conv_lib.explicit_padding(padding, x.shape[1:-1], ksize, (1,) * 3, (1,) * 3)
+      xp = conv_lib._pad_spatial(x, pads)
+      b, d = g.shape[:2]
+      kd = ksize[0]
+      planes = jnp.concatenate([xp[:, i:i + d] for i in range(kd)], -1)
+      planes = planes.reshape(b * d, *planes.shape[2:])
+      wk = jnp.moveaxis(w, 0, 2).reshape(*ksize[1:], kd * w.shape[-2], w.shape[-1])
+      return conv_lib._xla_valid(planes, wk, (1, 1), (1, 1), x.dtype).reshape(g.shape)
+    out["fwd depth folded into channels"] = ("fwd", fold_fwd)
+  return out
+
+
+def _timeit(fn, args, reps):
+  jax.block_until_ready(fn(*args))  # compile + warm
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return min(times)
+
+
+def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, *in_shape), np.float32))
+  w = jnp.asarray(rng.standard_normal((*ksize, in_shape[-1], out_ch), np.float32) * 0.1)
+  y_shape = jax.eval_shape(lambda a, b: conv_lib.conv_nd(a, b, 1, padding, 1, impl="xla"),
+                           x, w).shape
+  g = jnp.asarray(rng.standard_normal(y_shape, np.float32))
+  xla, cpu = _passes("xla", padding), _passes("cpu", padding)
+  rows = []
+  for op in ("fwd", "dgrad", "wgrad"):
+    fx, fc = jax.jit(xla[op]), jax.jit(cpu[op])
+    jax.block_until_ready(fx(x, w, g))
+    jax.block_until_ready(fc(x, w, g))
+    tx, tc = [], []
+    for _ in range(reps):  # alternate so both see the same load
+      tx.append(_timeit(fx, (x, w, g), 1))
+      tc.append(_timeit(fc, (x, w, g), 1))
+    tx, tc = min(tx), min(tc)
+    rows.append((op, tx, tc))
+    print(f"  {name:18s} {op:6s} xla {tx * 1e3:9.2f} ms   cpu-path {tc * 1e3:9.2f} ms"
+          f"   xla/cpu {tx / tc:5.2f}x", flush=True)
+  if variants:
+    for vname, (op, fn) in _variants(ksize, padding).items():
+      base = dict((r[0], r[1]) for r in rows)[op]
+      tv = _timeit(jax.jit(fn), (x, w, g), reps)
+      print(f"  {name:18s} {op:6s} variant '{vname}': {tv * 1e3:9.2f} ms"
+            f"   xla/variant {base / tv:5.2f}x", flush=True)
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--net", choices=("video", "fercnn", "both"), default="both")
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--reps", type=int, default=3)
+  parser.add_argument("--variants", action="store_true",
+                      help="also time the formulations we tried and did not pick")
+  parser.add_argument("--smoke", action="store_true", help="tiny shapes, 1 rep")
+  args = parser.parse_args(argv)
+
+  if args.smoke:
+    nets = {"smoke": SMOKE}
+    args.batch, args.reps = 2, 1
+  else:
+    nets = {k: v for k, v in (("video", VIDEO), ("fercnn", FERCNN))
+            if args.net in (k, "both")}
+  print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
+        f"devices {jax.devices()}, batch {args.batch}", flush=True)
+  for net, layers in nets.items():
+    print(f"{net}:", flush=True)
+    totals = {"xla": 0.0, "cpu": 0.0}
+    for layer in layers:
+      for op, tx, tc in bench_layer(*layer, args.batch, args.reps, args.variants):
+        totals["xla"] += tx
+        totals["cpu"] += tc
+    print(f"  {net} all layers, fwd+dgrad+wgrad: xla {totals['xla']:.3f} s, cpu-path "
+          f"{totals['cpu']:.3f} s, xla/cpu {totals['xla'] / totals['cpu']:.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+  main()

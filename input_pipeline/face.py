@@ -1,0 +1,153 @@
+"""Face detection and tracking shared by `prepare` and `predict`.
+
+One detector (OpenCV's Haar frontal-face cascade) is used everywhere so training
+crops and serving crops come from the same boxes. Tracking turns sparse, noisy
+per-frame detections into one box per frame and records where each box came from,
+so a clip whose face was never found can be reported instead of silently trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+Box = tuple[float, float, float, float]  # (x, y, w, h) in pixels of the input frame
+
+DETECTED = 0   # a detection on this frame (after temporal smoothing)
+LAST_BOX = 1   # held or interpolated from detections on other frames
+CENTRE = 2     # no face anywhere in the clip: centred square crop
+
+_CASCADE_FILE = "haarcascade_frontalface_default.xml"
+
+
+class FaceDetector:
+  """Largest frontal face per frame, via OpenCV's Haar cascade.
+
+  The cascade is loaded on first use and dropped when pickled, so a detector can
+  be handed to multiprocessing workers (cv2 objects cannot be pickled).
+  """
+
+  def __init__(self, max_side: int = 320, scale_factor: float = 1.1,
+               min_neighbors: int = 5, min_size_frac: float = 0.12):
+    self.max_side = max_side            # detection runs on a copy this small
+    self.scale_factor = scale_factor
+    self.min_neighbors = min_neighbors
+    self.min_size_frac = min_size_frac  # of the shorter side: rejects tiny blobs
+    self._cascade = None
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_cascade"] = None
+    return state
+
+  def _load(self):
+    if self._cascade is None:
+      import cv2  # pylint: disable=g-import-not-at-top
+      path = os.path.join(cv2.data.haarcascades, _CASCADE_FILE)
+      cascade = cv2.CascadeClassifier(path)
+      if cascade.empty():
+        raise RuntimeError(f"cannot load Haar cascade {path}")
+      self._cascade = cascade
+    return self._cascade
+
+  def detect(self, frame_rgb: np.ndarray) -> Box | None:
+    """The largest face in an RGB uint8 frame (H, W, 3), or None."""
+    import cv2  # pylint: disable=g-import-not-at-top
+    frame = np.asarray(frame_rgb)
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+      raise ValueError(f"expected an RGB frame (H, W, 3), got shape {frame.shape}")
+    cascade = self._load()
+    h, w = frame.shape[:2]
+    scale = min(1.0, self.max_side / max(h, w))
+    gray = cv2.cvtColor(np.ascontiguousarray(frame, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
+    if scale < 1.0:
+      gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
+                        interpolation=cv2.INTER_AREA)
+    gray = cv2.equalizeHist(gray)
+    min_side = max(20, int(self.min_size_frac * min(gray.shape)))
+    faces = cascade.detectMultiScale(gray, scaleFactor=self.scale_factor,
+                                     minNeighbors=self.min_neighbors,
+                                     minSize=(min_side, min_side))
+    if len(faces) == 0:
+      return None
+    x, y, bw, bh = max(faces, key=lambda f: f[2] * f[3])
+    return (float(x / scale), float(y / scale), float(bw / scale), float(bh / scale))
+
+
+@dataclasses.dataclass
+class FaceTrack:
+  """One box per frame plus where it came from (DETECTED / LAST_BOX / CENTRE)."""
+  boxes: np.ndarray    # (T, 4) float32, (x, y, w, h)
+  source: np.ndarray   # (T,) int8
+  hit_rate: float      # fraction of attempted frames with a detection
+
+  @property
+  def found(self) -> bool:
+    return bool((self.source != CENTRE).any())
+
+
+def centre_box(height: int, width: int) -> Box:
+  """The largest centred square: the crop used when no face is found."""
+  side = float(min(height, width))
+  return ((width - side) / 2.0, (height - side) / 2.0, side, side)
+
+
+def _running(values: np.ndarray, window: int, reduce) -> np.ndarray:
+  """Centred running `reduce` over axis 0 with a window clipped at the ends."""
+  n = len(values)
+  half = window // 2
+  return np.stack([reduce(values[max(0, i - half):i + half + 1], axis=0)
+                   for i in range(n)])
+
+
+def track_from_detections(n_frames: int, frame_shape: tuple[int, int],
+                          indices: np.ndarray, boxes: list[Box | None],
+                          median_window: int = 5, mean_window: int = 3) -> FaceTrack:
+  """Builds a per-frame track from detections on the frames `indices`.
+
+  A running median over consecutive detections rejects single-frame outliers
+  (a false hit on the background, a box that jumps), and a short running mean
+  then removes the cascade's pixel jitter; frames between detections are linearly
+  interpolated and frames before the first / after the last hold the nearest box.
+  """
+  indices = np.asarray(indices, dtype=np.int64)
+  hits = [(int(i), b) for i, b in zip(indices, boxes) if b is not None]
+  hit_rate = len(hits) / len(indices) if len(indices) else 0.0
+  source = np.full((n_frames,), LAST_BOX, dtype=np.int8)
+  if not hits:
+    box = np.asarray(centre_box(*frame_shape), dtype=np.float32)
+    return FaceTrack(np.tile(box, (n_frames, 1)), np.full((n_frames,), CENTRE, np.int8),
+                     hit_rate)
+  hit_idx = np.array([i for i, _ in hits])
+  raw = np.array([b for _, b in hits], dtype=np.float64)
+  # Smooth centre and size rather than corners, so size noise does not move the centre.
+  cs = np.concatenate([raw[:, :2] + raw[:, 2:] / 2.0, raw[:, 2:]], axis=1)
+  cs = _running(cs, median_window, np.median)
+  cs = _running(cs, mean_window, np.mean)
+  per_frame = np.stack([np.interp(np.arange(n_frames), hit_idx, cs[:, k])
+                        for k in range(4)], axis=1)
+  boxes_out = np.concatenate([per_frame[:, :2] - per_frame[:, 2:] / 2.0,
+                              per_frame[:, 2:]], axis=1).astype(np.float32)
+  source[hit_idx] = DETECTED
+  return FaceTrack(boxes_out, source, float(hit_rate))
+
+
+def track_faces(frames: np.ndarray, detector: FaceDetector | None = None,
+                every: int = 1) -> FaceTrack:
+  """Detects on every `every`-th frame (and the last) and tracks one box per frame."""
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3:
+    raise ValueError(f"expected frames (T, H, W, 3), got shape {frames.shape}")
+  if every < 1:
+    raise ValueError(f"every must be >= 1, got {every}")
+  detector = detector or FaceDetector()
+  n = len(frames)
+  if n == 0:
+    raise ValueError("no frames to track")
+  indices = np.arange(0, n, every)
+  if indices[-1] != n - 1:
+    indices = np.append(indices, n - 1)  # anchor the tail of the clip too
+  boxes = [detector.detect(frames[i]) for i in indices]
+  return track_from_detections(n, frames.shape[1:3], indices, boxes)

@@ -1,0 +1,137 @@
+"""The CPU convolution path must be the same function as plain XLA, gradients too."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avjax.layers import Conv, conv_nd, resolve_impl
+from avjax.layers import conv as conv_module
+
+# (spatial input shape, kernel shape, cin, cout, strides, padding, dilation)
+CASES = [
+    # 1D: FERCNN-like VALID k3, channels 1, odd sizes.
+    ((11,), (3,), 1, 4, 1, "VALID", 1),
+    ((12,), (3,), 3, 5, 2, "SAME", 1),
+    ((13,), (3,), 2, 3, 1, "SAME", 2),
+    ((10,), (4,), 3, 2, 2, ((2, 1),), 1),
+    # 2D.
+    ((7, 9), (3, 3), 1, 4, 1, "SAME", 1),
+    ((8, 7), (3, 3), 3, 2, 2, "VALID", 1),
+    ((9, 8), (3, 2), 2, 3, (2, 1), "SAME", (2, 1)),
+    ((7, 7), (3, 3), 2, 2, 1, ((2, 0), (0, 1)), 2),
+    ((6, 7), (3, 3), 2, 2, 1, ((-1, 1), (1, 1)), 1),
+    # 3D: the S1 video kernel, strides, dilation, explicit pads, odd sizes.
+    ((5, 7, 6), (3, 3, 3), 1, 4, 1, "SAME", 1),
+    ((5, 6, 7), (3, 3, 3), 3, 2, 2, "SAME", 1),
+    ((7, 6, 5), (3, 3, 3), 2, 3, 1, "VALID", 2),
+    ((6, 5, 7), (2, 3, 3), 2, 2, (2, 1, 2), ((1, 0), (1, 1), (0, 2)), 1),
+]
+
+
+def _inputs(spatial, ksize, cin, cout, batch=2, seed=0):
+  # numpy, not jax.random: eager jax ops each compile, which dominates here.
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((batch, *spatial, cin), np.float32)
+  w = rng.standard_normal((*ksize, cin, cout), np.float32) / np.sqrt(np.prod(ksize) * cin)
+  return x, w.astype(np.float32)
+
+
+def _fwd_and_grads(impl, x, w, strides, padding, dilation, g_seed=1):
+  """Output and both vjps, under one jit (one compile instead of op-by-op)."""
+  f = lambda x_, w_: conv_nd(x_, w_, strides, padding, dilation, impl=impl)
+  y_shape = jax.eval_shape(f, x, w).shape
+  g = np.random.default_rng(g_seed).standard_normal(y_shape, np.float32)
+
+  @jax.jit
+  def run(x, w, g):
+    y, vjp = jax.vjp(f, x, w)
+    return (y, *vjp(g))
+  return run(x, w, g)
+
+
+def _close(a, b):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spatial,ksize,cin,cout,strides,padding,dilation", CASES)
+def test_cpu_path_matches_xla(spatial, ksize, cin, cout, strides, padding, dilation):
+  x, w = _inputs(spatial, ksize, cin, cout)
+  ref = _fwd_and_grads("xla", x, w, strides, padding, dilation)
+  got = _fwd_and_grads("cpu", x, w, strides, padding, dilation)
+  assert got[0].shape == ref[0].shape
+  for a, b in zip(got, ref):
+    _close(a, b)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2048])
+@pytest.mark.parametrize("ndim", [1, 3])
+def test_weight_grad_chunking_matches(monkeypatch, chunk_bytes, ndim):
+  """Tiny chunk budgets force the batch-chunked and the row-blocked branches."""
+  spatial, ksize = ((9,), (3,)) if ndim == 1 else ((4, 5, 6), (3, 3, 3))
+  x, w = _inputs(spatial, ksize, 3, 2, batch=4)
+  ref = _fwd_and_grads("xla", x, w, 1, "SAME", 1)
+  monkeypatch.setattr(conv_module, "_WGRAD_CHUNK_BYTES", chunk_bytes)
+  got = _fwd_and_grads("cpu", x, w, 1, "SAME", 1)
+  _close(got[2], ref[2])
+
+
+def test_module_param_tree_matches_flax_conv():
+  x = jnp.ones((2, 5, 6, 7, 3))
+  ours = jax.eval_shape(Conv(4, (3, 3, 3)).init, jax.random.PRNGKey(0), x)
+  theirs = jax.eval_shape(nn.Conv(4, (3, 3, 3)).init, jax.random.PRNGKey(0), x)
+  shapes = lambda t: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), t)
+  assert shapes(ours) == shapes(theirs)
+  no_bias = jax.eval_shape(Conv(4, (3,), use_bias=False).init, jax.random.PRNGKey(0),
+                           jnp.ones((1, 5, 2)))
+  assert set(no_bias["params"]) == {"kernel"}
+
+
+@pytest.mark.parametrize("impl", ["xla", "cpu"])
+def test_module_matches_flax_conv_with_same_params(impl):
+  x, _ = _inputs((6, 7), (3, 3), 3, 5, seed=2)
+  params = jax.jit(nn.Conv(5, (3, 3), strides=2).init)(jax.random.PRNGKey(0), x)
+  # A non-zero bias, so that adding it is checked too.
+  params = jax.tree_util.tree_map(lambda p: p + 0.1, params)
+  ref = jax.jit(nn.Conv(5, (3, 3), strides=2, padding="SAME").apply)(params, x)
+  got = jax.jit(Conv(5, (3, 3), strides=2, padding="SAME", impl=impl).apply)(params, x)
+  _close(got, ref)
+
+
+def test_jit_grads_through_module_match():
+  x, _ = _inputs((5, 6, 5), (3, 3, 3), 2, 3, seed=3)
+  params = jax.jit(Conv(3, (3, 3, 3)).init)(jax.random.PRNGKey(0), x)
+
+  def loss(p, impl):
+    y = Conv(3, (3, 3, 3), impl=impl).apply(p, x)
+    return jnp.sum(jnp.sin(y))
+  ref = jax.jit(jax.grad(loss), static_argnums=1)(params, "xla")
+  got = jax.jit(jax.grad(loss), static_argnums=1)(params, "cpu")
+  jax.tree_util.tree_map(_close, got, ref)
+
+
+def test_bf16_compute_with_f32_params():
+  x, _ = _inputs((5, 6, 5), (3, 3, 3), 2, 3, seed=4)
+  model = Conv(3, (3, 3, 3), dtype=jnp.bfloat16, impl="cpu")
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  assert params["params"]["kernel"].dtype == jnp.float32
+  y = jax.jit(model.apply)(params, x)
+  assert y.dtype == jnp.bfloat16
+  y32 = jax.jit(Conv(3, (3, 3, 3), impl="xla").apply)(params, x)
+  # bf16 has an 8-bit mantissa: a few 1e-2 relative error is expected.
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y32), rtol=5e-2, atol=5e-2)
+  grads = jax.jit(jax.grad(
+      lambda p: jnp.sum(model.apply(p, x).astype(jnp.float32) ** 2)))(params)
+  assert grads["params"]["kernel"].dtype == jnp.float32
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_impl_resolution():
+  expected = "cpu" if jax.default_backend() == "cpu" else "xla"
+  assert resolve_impl("auto") == expected
+  assert resolve_impl("xla") == "xla"
+  with pytest.raises(ValueError):
+    resolve_impl("cudnn")
