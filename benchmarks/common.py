@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -31,11 +32,17 @@ class Measurement:
   times: list[float]
   load: list[float]    # 1-minute load average before each run
   note: str = ""
+  cpu: list[float] = dataclasses.field(default_factory=list)  # CPU s, children included
+
+  @property
+  def cpu_median(self) -> float:
+    return statistics.median(self.cpu) if self.cpu else float("nan")
 
   def extend(self, other: Measurement) -> None:
     """Adds another round's runs (rounds interleave methods, so load drift is shared)."""
     self.times += other.times
     self.load += other.load
+    self.cpu += other.cpu
 
   @property
   def median(self) -> float:
@@ -48,7 +55,18 @@ class Measurement:
 
   def to_json(self) -> dict:
     return {**dataclasses.asdict(self), "median_s": self.median,
+            "cpu_median_s": self.cpu_median,
             f"{self.unit}_per_s": self.rate}
+
+
+def cpu_seconds() -> float:
+  """User + system CPU of this process and its reaped children (pool workers,
+  ffmpeg): unlike wall time, it barely depends on what else the machine runs."""
+  total = 0.0
+  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+    usage = resource.getrusage(who)
+    total += usage.ru_utime + usage.ru_stime
+  return total
 
 
 def load_average() -> float:
@@ -66,13 +84,15 @@ def measure(name: str, fn: Callable[[], Any], *, items: int, unit: str,
   run would amortise."""
   for _ in range(warmup):
     (warmup_fn or fn)()
-  times, load = [], []
+  times, load, cpu = [], [], []
   for _ in range(max(1, repeat)):
     load.append(load_average())
-    start = time.perf_counter()
+    cpu_start, start = cpu_seconds(), time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return Measurement(name=name, unit=unit, items=items, times=times, load=load, note=note)
+    cpu.append(cpu_seconds() - cpu_start)
+  return Measurement(name=name, unit=unit, items=items, times=times, load=load, note=note,
+                     cpu=cpu)
 
 
 def _fmt(value: Any) -> str:
@@ -91,8 +111,9 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
 
 def measurement_table(ms: Sequence[Measurement]) -> None:
   print_table([(m.name, m.items, f"{m.median:.2f}", len(m.times), f"{m.rate:.2f}",
-                f"{statistics.mean(m.load):.1f}", m.note) for m in ms],
-              ["method", "items", "median s", "runs", "items/s", "load", "note"])
+                f"{m.cpu_median:.1f}", f"{statistics.mean(m.load):.1f}", m.note)
+               for m in ms],
+              ["method", "items", "median s", "runs", "items/s", "cpu s", "load", "note"])
 
 
 def ratio_line(value: float, label: str, *, at_least: float | None = None,

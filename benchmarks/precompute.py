@@ -254,7 +254,11 @@ def bench_feature_set(feature_set: str, takes: Sequence, manual_dir: str, warm_d
                         f"floor_time / avjax_time [{feature_set}] (1.00 = as fast as "
                         "decoding alone)", at_least=0.5),
   ]
-  extra = {}
+  extra = {"serial_cpu_over_avjax_cpu": serial.cpu_median / avjax.cpu_median}
+  # Not a target: CPU seconds barely depend on the machine's load, so this says
+  # how much less work avjax does per clip, whatever the parallelism bought.
+  print(f"info:  {serial.cpu_median / avjax.cpu_median:.2f}  serial CPU s / avjax CPU s "
+        f"[{feature_set}] (work per clip, load-independent; not the target)")
   if one_clip is not None and n > len(warm_takes) and avjax.median > one_clip.median:
     # Not a target: what avjax sustains once its fixed cost is paid, i.e. roughly
     # its rate on a corpus much larger than this one (RAVDESS has 1440 takes).
@@ -263,8 +267,8 @@ def bench_feature_set(feature_set: str, takes: Sequence, manual_dir: str, warm_d
           f"rate {marginal:.2f} clips/s")
     print(f"info:  {marginal / serial.rate:.2f}  avjax marginal / serial baseline, clips/s "
           f"[{feature_set}] (fixed cost excluded; not the target)")
-    extra = {"avjax_one_clip": one_clip.to_json(), "avjax_marginal_clips_per_s": marginal,
-             "marginal_over_serial": marginal / serial.rate}
+    extra.update(avjax_one_clip=one_clip.to_json(), avjax_marginal_clips_per_s=marginal,
+                 marginal_over_serial=marginal / serial.rate)
   return {"feature_set": feature_set, "clips": n,
           "measurements": [m.to_json() for m in ms], "ratios": ratios, **extra}
 

@@ -11,6 +11,13 @@ from pathlib import Path
 
 import pytest
 
+# Every test process sees 8 simulated CPU devices, as on a TPU v3-8, so sharded
+# code paths run in the default suite. Set before anything imports jax.
+_DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
+if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _DEVICES_FLAG).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
 

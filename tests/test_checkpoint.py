@@ -3,32 +3,20 @@ restoring onto a different device count."""
 
 from __future__ import annotations
 
-import os
-import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-if "jax" not in sys.modules:  # The flag only works before jax is imported.
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
-
-from avjax.train import checkpoint as ckpt_lib  # noqa: E402
-from input_pipeline import loader  # noqa: E402
-
-
+from avjax.train import checkpoint as ckpt_lib
+from input_pipeline import loader
 
 def _source(n=24):
   return [{"x": np.full((3,), i, np.float32), "label": np.int32(i % 3)} for i in range(n)]
 
-
 def _state(scale: float):
   return {"w": jnp.full((8, 4), scale, jnp.float32), "step": jnp.asarray(int(scale), jnp.int32)}
-
 
 def test_keeps_last_n_and_best(tmp_path):
   uar = [0.1, 0.9, 0.2, 0.3, 0.4, 0.35]
@@ -48,7 +36,6 @@ def test_keeps_last_n_and_best(tmp_path):
   assert reopened.latest_step() == steps[-1]
   assert reopened.restore_config(steps[-1]) == {"seed": 0}
 
-
 def test_min_mode_best(tmp_path):
   losses = [0.5, 0.2, 0.7]
   c = ckpt_lib.Checkpointer(str(tmp_path), keep=1, best_metric="val/loss", best_mode="min",
@@ -57,7 +44,6 @@ def test_min_mode_best(tmp_path):
     c.save(step, _state(step), None, {}, metrics={"val/loss": value})
   c.close()
   assert sorted(c.all_steps()) == [int(np.argmin(losses)) + 1, len(losses)]
-
 
 def test_data_iterator_resumes_at_the_same_example(tmp_path):
   dataset = loader.train_dataset(_source(), batch_size=4, seed=3)
@@ -73,7 +59,6 @@ def test_data_iterator_resumes_at_the_same_example(tmp_path):
   c.close()
   for a, b in zip(expected, got):
     np.testing.assert_array_equal(a, b)
-
 
 @pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")
 def test_restore_onto_fewer_devices(tmp_path):

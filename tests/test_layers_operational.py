@@ -12,7 +12,7 @@ from avjax.layers import OperationalConv, conv_nd
 from avjax.layers.operational import operational_init, power_concat, tanh_moment
 
 # (spatial input, kernel, padding, strides)
-DIMS = [((11,), (3,), "VALID", 1), ((7, 6), (3, 3), "SAME", 2), ((5, 6, 4), (3, 3, 3), "SAME", 1)]
+DIMS = [((11,), (3,), "VALID", 1), ((7, 6), (3, 3), "SAME", 2), ((4, 5, 3), (3, 3, 3), "SAME", 1)]
 
 
 def _x(shape, seed=0, scale=1.0):
@@ -28,15 +28,14 @@ def _plain(x, w, strides, padding):
                                   precision=lax.Precision.HIGHEST)
 
 
-def _init_apply(model, x, impl_params_from=None):
+def _init_apply(model, x):
   params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   params = jax.tree_util.tree_map(lambda p: p + 0.05, params)  # non-zero bias
   return params, jax.jit(model.apply)(params, x)
 
 
 @pytest.mark.parametrize("spatial,ksize,padding,strides", DIMS)
-@pytest.mark.parametrize("impl", ["xla", "cpu"])
-def test_order_one_is_plain_conv_of_tanh(spatial, ksize, padding, strides, impl):
+def test_order_one_is_plain_conv_of_tanh(spatial, ksize, padding, strides, impl="cpu"):
   x = _x((2, *spatial, 3))
   model = OperationalConv(4, ksize, q_order=1, padding=padding, strides=strides, impl=impl)
   params, y = _init_apply(model, x)
@@ -71,8 +70,8 @@ def test_power_concat_is_power_major():
 @pytest.mark.parametrize("impl", ["xla", "cpu"])
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_gradients_finite(impl, scale):
-  x = _x((2, 5, 6, 4, 2), seed=2, scale=scale)
-  model = OperationalConv(3, (3, 3, 3), q_order=5, impl=impl)
+  x = _x((2, 6, 5, 2), seed=2, scale=scale)
+  model = OperationalConv(3, (3, 3), q_order=5, impl=impl)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
 
   @jax.jit

@@ -6,29 +6,21 @@ matrix, WA, UAR, macro-F1 and the loss are known in closed form.
 
 from __future__ import annotations
 
-import os
-import sys
+import json
+import math
+from typing import Any
 
-if "jax" not in sys.modules:  # Same device count as the other trainer tests.
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
 
-import json  # noqa: E402
-import math  # noqa: E402
-from typing import Any  # noqa: E402
-
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from avjax import models  # noqa: E402
-from avjax.train import evaluate, trainer  # noqa: E402
-from avjax.train import metrics as metrics_lib  # noqa: E402
-from input_pipeline import loader  # noqa: E402
+from avjax import models
+from avjax.train import evaluate, trainer
+from avjax.train import metrics as metrics_lib
+from input_pipeline import loader
 
 SCALE = 5.0  # The fake's logit for its predicted class (others 0).
 LABELS = [0, 0, 0, 0, 1, 1, 2, 2, 2, 2]
@@ -42,7 +34,6 @@ PRECISION = [3 / 5, 1 / 2, 3 / 3]
 F1 = [2 * p * r / (p + r) for p, r in zip(PRECISION, RECALL)]  # 2/3, 1/2, 6/7
 WA, UAR, MACRO_F1 = 7 / 10, (3 / 4 + 1 / 2 + 3 / 4) / 3, (2 / 3 + 1 / 2 + 6 / 7) / 3
 
-
 @models.register_model("test_fixed_predictions")
 class FixedPredictions(nn.Module):
   """Logits SCALE * one_hot(inputs['pred']): a model whose outputs we know."""
@@ -55,7 +46,6 @@ class FixedPredictions(nn.Module):
     logits = scale * jax.nn.one_hot(inputs["pred"], self.num_classes)
     return {"logits": logits, "embedding": logits}
 
-
 def _config():
   return ml_collections.ConfigDict({
       "seed": 0,
@@ -66,14 +56,12 @@ def _config():
       "mesh": {"data": -1, "model": 1},
   })
 
-
 def _info(leaky: bool):
   return loader.DataInfo(
       num_classes=3, class_names=("neutral", "happy", "sad"),
       element_spec={"pred": ((), np.int32)},
       protocol="ravdess_random" if leaky else "ravdess_6fold", leaky=leaky, fold=2,
       split_actors={"train": (1, 2), "test": (3,)}, num_examples={"test": len(LABELS)})
-
 
 def _report(tmp_path, leaky: bool) -> dict:
   config, info = _config(), _info(leaky)
@@ -88,7 +76,6 @@ def _report(tmp_path, leaky: bool) -> dict:
   evaluate.write_report(str(tmp_path), report)
   with open(tmp_path / "report.json", encoding="utf-8") as f:
     return json.load(f)
-
 
 def test_report_matches_hand_computed_metrics(tmp_path):
   report = _report(tmp_path, leaky=False)
@@ -115,12 +102,10 @@ def test_report_matches_hand_computed_metrics(tmp_path):
   assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
   assert (tmp_path / "curves.png").stat().st_size > 0
 
-
 def test_leaky_protocol_is_labelled(tmp_path):
   report = _report(tmp_path, leaky=True)
   assert report["leaky"] is True
   assert report["protocol_label"].startswith("LEAKY")
-
 
 def test_numpy_metrics_zero_division_and_absent_classes():
   # Class 2 is never predicted and class 3 never occurs nor is predicted.
@@ -135,7 +120,6 @@ def test_numpy_metrics_zero_division_and_absent_classes():
   f1_1 = 2 * 0.5 * 1.0 / 1.5
   assert s["macro_f1"] == pytest.approx((0.5 + f1_1 + 0.0) / 3)
 
-
 def test_device_stats_mask_padding_and_merge():
   logits = jnp.asarray([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
   labels = jnp.asarray([0, 0, 1])
@@ -149,9 +133,7 @@ def test_device_stats_mask_padding_and_merge():
   assert int(merged["first_bad_step"]) == 7
   assert np.asarray(merged["confusion"]).tolist() == [[2, 2], [2, 0]]
 
-
 # --- Losses and optimizers from config -------------------------------------------
-
 
 def test_cross_entropy_label_smoothing_and_weighted_terms():
   from avjax import losses  # pylint: disable=g-import-not-at-top
@@ -172,7 +154,6 @@ def test_cross_entropy_label_smoothing_and_weighted_terms():
       {"logits": logits}, {"label": jnp.asarray([0]), "mixup_label": jnp.asarray([2]),
                            "mixup_lambda": jnp.asarray([0.75])})
   assert float(mixed[0]) == pytest.approx(0.75 * plain - 0.25 * log_p[2], rel=1e-6)
-
 
 def test_reduce_on_plateau_scales_updates_down():
   import optax  # pylint: disable=g-import-not-at-top

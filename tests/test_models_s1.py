@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import sys
+import math
 
-if "jax" not in sys.modules:  # Same device count as the other trainer tests.
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-import math  # noqa: E402
-
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from avjax import models  # noqa: E402
-from avjax.errors import UserError  # noqa: E402
-
+from avjax import models
+from avjax.errors import UserError
 
 def _count(tree) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 
-
 def _abstract_params(model, inputs):
   return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), inputs, train=False))["params"]
-
 
 def test_audio_param_count_at_paper_shapes():
   model = models.get_model("sultana_audio")  # Defaults: (180, 20) MFCC frames, 8 classes.
@@ -42,7 +31,6 @@ def test_audio_param_count_at_paper_shapes():
     expected += d * width + width
     d = width
   assert _count(_abstract_params(model, inputs)) == expected
-
 
 def test_video_param_count_at_paper_shapes():
   model = models.get_model("sultana_video")
@@ -61,7 +49,6 @@ def test_video_param_count_at_paper_shapes():
   assert _count(_abstract_params(model, inputs)) == expected
   assert len(model.features) == 4 and len(model.pool_after) == 2
 
-
 @pytest.mark.parametrize("name,inputs", [
     ("sultana_audio", {"mfcc": np.random.default_rng(0).normal(size=(3, 24, 20)).astype(np.float32),
                        "mfcc_mask": np.ones((3, 24), np.float32)}),
@@ -79,7 +66,6 @@ def test_outputs_embedding_and_bf16(name, inputs):
     assert np.isfinite(np.asarray(out["logits"])).all()
     assert (np.asarray(out["embedding"]) >= 0).all()  # A ReLU layer.
 
-
 def test_audio_mask_hides_padded_frames():
   model = models.get_model("sultana_audio", features=(4,), hidden=(8, 64))
   rng = np.random.default_rng(1)
@@ -94,7 +80,6 @@ def test_audio_mask_hides_padded_frames():
   a = apply(variables, {"mfcc": x, "mfcc_mask": mask})
   b = apply(variables, {"mfcc": noisy, "mfcc_mask": mask})
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
 
 def test_conv_factory_is_used_by_every_model():
   built = []
@@ -115,11 +100,9 @@ def test_conv_factory_is_used_by_every_model():
     models.set_conv_factory(previous)
   assert built == [1] * len(audio.features) + [3] * len(video.features)
 
-
 def test_unknown_model_is_a_user_error():
   with pytest.raises(UserError, match="sultana_audio"):
     models.get_model("no_such_model")
-
 
 def test_conv_kernel_init_matches_lecun_normal_statistics():
   shape = (3, 3, 3, 16, 64)
@@ -133,7 +116,6 @@ def test_conv_kernel_init_matches_lecun_normal_statistics():
   assert np.abs(ours).max() <= bound + 1e-6
   assert ours.std() == pytest.approx(flax_default.std(), rel=0.03)
   assert ours.std() == pytest.approx(1 / math.sqrt(3 * 3 * 3 * 16), rel=0.03)
-
 
 def test_audio_cmvn_makes_the_output_scale_invariant_per_coefficient():
   model = models.get_model("sultana_audio", features=(4,), hidden=(8, 64))

@@ -4,23 +4,17 @@
 from __future__ import annotations
 
 import os
-import sys
 
-if "jax" not in sys.modules:  # The flag only works before jax is imported.
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-from avjax.configs import load_config  # noqa: E402
-from avjax.errors import UserError  # noqa: E402
-from avjax.train import sharding, trainer  # noqa: E402
-from input_pipeline import loader  # noqa: E402
+from avjax.configs import load_config
+from avjax.errors import UserError
+from avjax.train import sharding, trainer
+from input_pipeline import loader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "sultana2024.py") + ":audio,smoke"
@@ -30,19 +24,16 @@ INFO = loader.DataInfo(
     element_spec={"mfcc": ((T, F), np.float32), "mfcc_mask": ((T,), np.float32)},
     protocol="synthetic", leaky=False, fold=0, split_actors={}, num_examples={"train": 64})
 
-
 @pytest.fixture(autouse=True)
 def _eight_devices():
   if jax.device_count() != 8:
     pytest.fail(f"expected 8 simulated devices, have {jax.device_count()}")
-
 
 def _batch(n):
   rng = np.random.default_rng(0)
   return {"mfcc": rng.normal(size=(n, T, F)).astype(np.float32),
           "mfcc_mask": np.ones((n, T), np.float32),
           "label": (np.arange(n) % C).astype(np.int32)}
-
 
 def test_batch_is_split_over_data():
   config = load_config(CONFIG)
@@ -55,7 +46,6 @@ def test_batch_is_split_over_data():
     rows = sorted((s.index[0].start, s.index[0].stop) for s in v.addressable_shards)
     assert rows == [(2 * i, 2 * i + 2) for i in range(8)]  # 16 rows / 8 devices.
     np.testing.assert_array_equal(np.asarray(v), local[k])
-
 
 @pytest.mark.parametrize("model_axis", [1, 2])
 def test_params_placed_by_the_rule(model_axis):
@@ -81,7 +71,6 @@ def test_params_placed_by_the_rule(model_axis):
   mu = optax.tree_utils.tree_get(new_state.opt_state, "mu")
   for p, m in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(mu)):
     assert p.sharding.spec == m.sharding.spec
-
 
 def test_bad_mesh_is_a_user_error():
   with pytest.raises(UserError, match="devices"):

@@ -118,7 +118,7 @@ def make_actor(actor: int, seed: int) -> Actor:
       face_w=face_w, face_h=face_h, cx=float(WIDTH / 2 + rng.uniform(-35.0, 35.0)),
       cy=float(HEIGHT / 2 + rng.uniform(-4.0, 6.0)), skin=skin, hair=hair,
       eye_gap=face_w * float(rng.uniform(0.40, 0.46)),
-      brow_base=float(rng.uniform(7.0, 9.5)),
+      brow_base=float(rng.uniform(6.5, 8.5)),
       mouth_w=face_w * float(rng.uniform(0.36, 0.46)),
       mouth_curve_base=float(rng.normal(0.0, 0.3)),
       eye_open_base=float(rng.normal(0.0, 0.25)),

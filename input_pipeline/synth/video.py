@@ -184,8 +184,8 @@ def _draw_features(img: np.ndarray, actor: Actor, geo: dict[str, float], ox: flo
     cv2.ellipse(img, _pt(ecx, eye_y), _pt(eye_w, max(eye_h, 0.5)), 0, 20, 160,
                 tuple(float(c) for c in skin * 0.45), 1, cv2.LINE_AA, _SHIFT)
     # Brow: inner and outer ends; raise lifts both, angle lifts the inner end.
-    lift = actor.brow_base * (1.0 + 0.3 * geo["brow_raise"]) + 0.04 * b * (geo["eye_open"] - 1)
-    inner = (cx + side * 0.1 * a, eye_y - lift - 3.0 * geo["brow_angle"])
+    lift = actor.brow_base * (1.0 + 0.25 * geo["brow_raise"]) + 0.04 * b * (geo["eye_open"] - 1)
+    inner = (cx + side * 0.1 * a, eye_y - lift - 2.5 * geo["brow_angle"])
     mid = (cx + side * (ex + 0.02 * a), eye_y - lift - 2.5 - 0.8 * geo["brow_angle"])
     outer = (cx + side * (ex + 0.3 * a), eye_y - lift + 1.5)
     pts = np.array([_pt(*inner), _pt(*mid), _pt(*outer)], np.int32)
