@@ -84,7 +84,6 @@ def run_demo(workdir: str, *, actors: int = 8, clips_per_emotion: int = 4, seed:
   train_dir = os.path.join(workdir, "train")
   steps = {name: StepResult(name) for name in
            ("synth", "prepare", "train", "evaluate", "export", "predict")}
-  state: dict = {}
 
   def synth():
     from input_pipeline.synth import generate_corpus
@@ -110,15 +109,18 @@ def run_demo(workdir: str, *, actors: int = 8, clips_per_emotion: int = 4, seed:
                          [f"data.data_dir={data_dir}", "data.protocol=actor_kfold",
                           f"data.k={DEMO_PROTOCOL_K}", "data.fold=0"])
     metrics = train_and_evaluate(config, train_dir)
-    state["metrics"] = metrics
-    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/")}
-    return (" ".join(f"{k}={v:.3f}" for k, v in shown.items()
-                     if isinstance(v, (int, float))) or "trained"), [train_dir]
+    best = metrics.get("report/checkpoint_step")
+    return f"S1 audio net ({DEMO_CONFIG}); best checkpoint at step {best}", [train_dir]
 
   def evaluate():
     from avjax.train.evaluate import evaluate_workdir
     report = evaluate_workdir(train_dir)
-    return "report.json, confusion matrix and curves", list(report.get("files", []))
+    chance = 1.0 / len(report["class_names"])
+    return (f"{report['primary_split']} on unseen actors {report['split_actors']['test']}: "
+            f"WA {report['accuracy']:.3f} UAR {report['uar']:.3f} macro-F1 "
+            f"{report['macro_f1']:.3f} (chance {chance:.3f}; best checkpoint by "
+            f"{report['best_metric']}, step {report['checkpoint_step']})",
+            list(report.get("files", [])))
 
   def export():
     raise NotBuiltYet("issue 7 (jax.export + TF SavedModel)")

@@ -229,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = data_config(data_dir, batch_size, args.worker_count)
     ds = create_datasets(cfg, global_batch_size=batch_size, seed=0)
     it = iter(ds.train)
+    print(f"timing the loader: {repeat} x {batches} batches of {batch_size}", flush=True)
 
     def load():
       for _ in range(batches):
@@ -243,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     batch = next(it)
     model, source = fusion_model(smoke)
     step = make_train_step(model, batch)
+    print(f"timing the train step: {repeat} x {steps} steps after compiling ({source})",
+          flush=True)
     trainer = common.measure(
         "S1 fusion train step", lambda: [step() for _ in range(steps)],
         items=steps * batch_size, unit="examples", repeat=repeat, warmup=max(1, warmup),

@@ -28,13 +28,28 @@ def _run(module: str, *args: str) -> str:
   return proc.stdout
 
 
+def _one_take(root: Path) -> Path:
+  """A one-take RAVDESS-layout corpus (mp4 + wav): smoke runs use one clip, and
+  rendering one is much cheaper than the shared 32-take corpus."""
+  from input_pipeline import media
+  from input_pipeline.naming import RavdessName
+  from input_pipeline.synth import synth_clip
+
+  name = RavdessName(1, 1, 3, 1, 1, 1, 1)
+  frames, fps, audio, sr = synth_clip(name, seed=0)
+  media.write_av(root / "Actor_01" / name.filename(".mp4"), frames, fps, audio, sr)
+  media.write_wav(root / "Actor_01" / name.with_modality(3).filename(".wav"), audio, sr)
+  return root
+
+
 @pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory, synth_corpus):
+def smoke_data(tmp_path_factory):
   """The precompute smoke run, whose avjax-prepared output feeds the loader smoke."""
   out = tmp_path_factory.mktemp("bench")
+  corpus = _one_take(out / "corpus")
   data = out / "data"
   # One worker: the pool's start-up would dominate a one-clip smoke run.
-  stdout = _run("benchmarks.precompute", "--smoke", "--corpus", str(synth_corpus),
+  stdout = _run("benchmarks.precompute", "--smoke", "--corpus", str(corpus),
                 "--workers", "1", "--keep-data", str(data), "--json", str(out / "p.json"))
   return out, data, stdout
 

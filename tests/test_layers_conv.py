@@ -29,6 +29,9 @@ CASES = [
     ((5, 6, 7), (3, 3, 3), 3, 2, 2, "SAME", 1),
     ((7, 6, 5), (3, 3, 3), 2, 3, 1, "VALID", 2),
     ((6, 5, 7), (2, 3, 3), 2, 2, (2, 1, 2), ((1, 0), (1, 1), (0, 2)), 1),
+    # 3D with one input channel takes the im2col forward: strides, dilation.
+    ((6, 7, 5), (3, 3, 3), 1, 2, 2, "SAME", 1),
+    ((7, 6, 6), (3, 3, 3), 1, 3, 1, "VALID", 2),
 ]
 
 
@@ -70,13 +73,15 @@ def test_cpu_path_matches_xla(spatial, ksize, cin, cout, strides, padding, dilat
 @pytest.mark.parametrize("chunk_bytes", [1, 2048])
 @pytest.mark.parametrize("ndim", [1, 3])
 def test_weight_grad_chunking_matches(monkeypatch, chunk_bytes, ndim):
-  """Tiny chunk budgets force the batch-chunked and the row-blocked branches."""
+  """Tiny chunk budgets force the batch-chunked and the row-blocked branches
+  (of the weight gradient, and of the im2col forward, which 1 channel takes)."""
   spatial, ksize = ((9,), (3,)) if ndim == 1 else ((4, 5, 6), (3, 3, 3))
-  x, w = _inputs(spatial, ksize, 3, 2, batch=4)
+  x, w = _inputs(spatial, ksize, 1, 2, batch=4)
   ref = _fwd_and_grads("xla", x, w, 1, "SAME", 1)
   monkeypatch.setattr(conv_module, "_WGRAD_CHUNK_BYTES", chunk_bytes)
   got = _fwd_and_grads("cpu", x, w, 1, "SAME", 1)
-  _close(got[2], ref[2])
+  for a, b in zip(got, ref):
+    _close(a, b)
 
 
 def test_module_param_tree_matches_flax_conv():

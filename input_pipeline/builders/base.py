@@ -19,7 +19,8 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -295,6 +296,30 @@ def split_name(actor: int) -> str:
 
 def actor_of_split(name: str) -> int:
   return int(name.split("_", 1)[1])
+
+
+def scan_media(manual_dir: str, parse: Callable[[str], Any], skipped: list[Skip],
+               ignored: list[str]) -> Iterator[tuple[str, str, Any]]:
+  """Yields (path, extension, parsed name) for every media file under `manual_dir`.
+  Files whose name `parse` rejects go to `skipped` with its reason; files that
+  are not media at all go to `ignored`, so the report accounts for both."""
+  for path in walk_files(manual_dir):
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in MEDIA_EXTENSIONS:
+      ignored.append(path)
+      continue
+    try:
+      yield path, ext, parse(path)
+    except InputError as e:
+      skipped.append(Skip((path,), e.cause))
+
+
+def add_file(files: dict, kind, path: str, skipped: list[Skip]) -> None:
+  """Records `path` as the take's `kind` file; a second one is a reported duplicate."""
+  if kind in files:
+    skipped.append(Skip((path,), f"duplicate of {files[kind]}"))
+  else:
+    files[kind] = path
 
 
 def walk_files(root: str) -> list[str]:

@@ -8,7 +8,6 @@ import os
 
 from input_pipeline import naming
 from input_pipeline.builders import base
-from input_pipeline.errors import InputError
 
 # Clips documented as unusable in the corpus itself.
 KNOWN_BAD = {
@@ -52,22 +51,9 @@ class CremaD(base.AvBuilder, skip_registration=True):
     sexes = self._demographics(manual_dir)
     takes: dict[str, dict[str, str]] = {}
     skipped, ignored = [], []
-    for path in base.walk_files(manual_dir):
-      ext = os.path.splitext(path)[1].lower()
-      if ext not in base.MEDIA_EXTENSIONS:
-        ignored.append(path)
-        continue
-      try:
-        name = naming.parse_crema(path)
-      except InputError as e:
-        skipped.append(base.Skip((path,), e.cause))
-        continue
+    for path, ext, name in base.scan_media(manual_dir, naming.parse_crema, skipped, ignored):
       kind = "audio" if ext == ".wav" else "video"
-      files = takes.setdefault(name.stem, {})
-      if kind in files:
-        skipped.append(base.Skip((path,), f"duplicate of {files[kind]}"))
-        continue
-      files[kind] = path
+      base.add_file(takes.setdefault(name.stem, {}), kind, path, skipped)
     out = []
     for stem, files in sorted(takes.items()):
       name = naming.parse_crema(stem)

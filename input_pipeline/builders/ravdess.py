@@ -4,12 +4,8 @@ mimics it: `Actor_XX/` folders of `01-` (audio-video), `02-` (video-only) and `0
 
 from __future__ import annotations
 
-import os
-
 from input_pipeline import naming
 from input_pipeline.builders import base
-from input_pipeline.errors import InputError
-
 
 class Ravdess(base.AvBuilder, skip_registration=True):
   """RAVDESS speech, 8 emotions, 24 actors; one example per take."""
@@ -38,26 +34,14 @@ class Ravdess(base.AvBuilder, skip_registration=True):
     takes: dict[str, dict[int, str]] = {}
     names: dict[str, naming.RavdessName] = {}
     skipped, ignored = [], []
-    for path in base.walk_files(manual_dir):
-      ext = os.path.splitext(path)[1].lower()
-      if ext not in base.MEDIA_EXTENSIONS:
-        ignored.append(path)
-        continue
-      try:
-        name = naming.parse_ravdess(path)
-      except InputError as e:
-        skipped.append(base.Skip((path,), e.cause))
-        continue
+    for path, ext, name in base.scan_media(manual_dir, naming.parse_ravdess, skipped,
+                                           ignored):
       expected = ".wav" if name.modality == 3 else ".mp4"
       if ext != expected:
         skipped.append(base.Skip((path,), f"modality {name.modality:02d} file should be "
                                           f"{expected}, not {ext}"))
         continue
-      files = takes.setdefault(name.take_id, {})
-      if name.modality in files:
-        skipped.append(base.Skip((path,), f"duplicate of {files[name.modality]}"))
-        continue
-      files[name.modality] = path
+      base.add_file(takes.setdefault(name.take_id, {}), name.modality, path, skipped)
       names[name.take_id] = name
     out = []
     for take_id, files in sorted(takes.items()):

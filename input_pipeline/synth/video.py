@@ -99,7 +99,7 @@ def _head_layer(actor: Actor) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
   ex = actor.eye_gap
   for side in (-1, 1):
     cv2.ellipse(tone, _pt(cx + side * ex, eye_y - 0.02 * b), _pt(0.34 * a, 0.18 * b),
-                0, 0, 360, 0.5, -1, cv2.LINE_AA, _SHIFT)
+                0, 0, 360, 0.42, -1, cv2.LINE_AA, _SHIFT)
     cv2.ellipse(tone, _pt(cx + side * 0.5 * a, cy + 0.2 * b), _pt(0.22 * a, 0.14 * b),
                 0, 0, 360, 1.12, -1, cv2.LINE_AA, _SHIFT)
   cv2.ellipse(tone, _pt(cx, cy - 0.52 * b), _pt(0.55 * a, 0.16 * b), 0, 0, 360, 1.12, -1,
