@@ -22,7 +22,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,42 +60,44 @@ def _passes(impl: str, padding: str):
 
 
 def _variants(ksize, padding):
-  """Formulations tried and not picked (timed with --variants)."""
-  out = {}
+  """Formulations tried and not picked (timed with --variants): the CPU path
+  with its forward (so also its input gradient) or weight gradient forced."""
   n = len(ksize)
-
-  def im2col_fwd(x, w, g):
-    pads = conv_lib.explicit_padding(padding, x.shape[1:-1], ksize, (1,) * n, (1,) * n)
-    xp = conv_lib._pad_spatial(x, pads)
-    out_spatial = g.shape[1:-1]
-    b = x.shape[0]
-    xs = xp.reshape(b, 1, *xp.shape[1:])  # one sample per step bounds memory
-    wm = w.reshape(-1, w.shape[-1])
-    ys = lax.map(lambda xc: jnp.dot(conv_lib._patches(xc, ksize, (1,) * n, (1,) * n,
-                                                      out_spatial), wm), xs)
-    return ys.reshape(g.shape)
-  out["fwd im2col (per-sample map)"] = ("fwd", im2col_fwd)
-
+  out = {}
+  for method in ("xla", "shift", "im2col"):
+    if method == "shift" and n != 3:
+      continue
+    out[f"forward={method}"] = ("fwd", {"_CPU_FORWARD": {n: method}})
+    out[f"dgrad with forward={method}"] = ("dgrad", {"_CPU_FORWARD": {n: method}})
+  out["wgrad=xla (XLA's derived conv)"] = ("wgrad", {"_CPU_WGRAD": {n: "xla"}})
   if n == 3:
-    def shift_wgrad_derived(x, w, g):
-      pads = conv_lib.explicit_padding(padding, x.shape[1:-1], ksize, (1,) * 3, (1,) * 3)
-      xp = conv_lib._pad_spatial(x, pads)
-      f = lambda w_: conv_lib._shift_valid(xp, w_, (1,) * 3, (1,) * 3, x.dtype)
-      return jax.vjp(f, w)[1](g)[0]
-    out["wgrad XLA-derived from depth-shift form"] = ("wgrad", shift_wgrad_derived)
-
-    def fold_fwd(x, w, g):
-      # Depth taps folded into channels: one 2D conv with 3x the input channels.
-      pads = conv_lib.explicit_padding(padding, x.shape[1:-1], ksize, (1,) * 3, (1,) * 3)
-      xp = conv_lib._pad_spatial(x, pads)
-      b, d = g.shape[:2]
-      kd = ksize[0]
-      planes = jnp.concatenate([xp[:, i:i + d] for i in range(kd)], -1)
-      planes = planes.reshape(b * d, *planes.shape[2:])
-      wk = jnp.moveaxis(w, 0, 2).reshape(*ksize[1:], kd * w.shape[-2], w.shape[-1])
-      return conv_lib._xla_valid(planes, wk, (1, 1), (1, 1), x.dtype).reshape(g.shape)
-    out["fwd depth folded into channels"] = ("fwd", fold_fwd)
+    out["wgrad=XLA-derived from depth-shift form"] = (
+        "wgrad", {"_CPU_WGRAD": {n: "xla"}, "_XLA_VALID_IS_SHIFT": True})
   return out
+
+
+def _with_settings(settings, fn):
+  """Calls fn with conv_lib's plan dicts temporarily updated (trace time)."""
+  def run(*args):
+    saved = {}
+    for name, value in settings.items():
+      if name == "_XLA_VALID_IS_SHIFT":
+        saved[name] = conv_lib._xla_valid
+        shift, plain = conv_lib._shift_valid, conv_lib._xla_valid
+        conv_lib._xla_valid = lambda x, w, *a: (shift if w.ndim == 5 else plain)(x, w, *a)
+      else:
+        saved[name] = dict(getattr(conv_lib, name))
+        getattr(conv_lib, name).update(value)
+    try:
+      return jax.block_until_ready(fn(*args))
+    finally:
+      for name, value in saved.items():
+        if name == "_XLA_VALID_IS_SHIFT":
+          conv_lib._xla_valid = value
+        else:
+          getattr(conv_lib, name).clear()
+          getattr(conv_lib, name).update(value)
+  return run
 
 
 def _timeit(fn, args, reps):
@@ -131,9 +132,12 @@ def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants):
     print(f"  {name:18s} {op:6s} xla {tx * 1e3:9.2f} ms   cpu-path {tc * 1e3:9.2f} ms"
           f"   xla/cpu {tx / tc:5.2f}x", flush=True)
   if variants:
-    for vname, (op, fn) in _variants(ksize, padding).items():
+    cpu_passes = _passes("cpu", padding)
+    for vname, (op, settings) in _variants(ksize, padding).items():
       base = dict((r[0], r[1]) for r in rows)[op]
-      tv = _timeit(jax.jit(fn), (x, w, g), reps)
+      fn = jax.jit(cpu_passes[op])
+      _with_settings(settings, fn)(x, w, g)  # traced and compiled with the settings
+      tv = _timeit(fn, (x, w, g), reps)
       print(f"  {name:18s} {op:6s} variant '{vname}': {tv * 1e3:9.2f} ms"
             f"   xla/variant {base / tv:5.2f}x", flush=True)
   return rows

@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"^ratio: \d+\.\d\d\s+\S", re.MULTILINE)
 
@@ -42,31 +40,23 @@ def _one_take(root: Path) -> Path:
   return root
 
 
-@pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-  """The precompute smoke run, whose avjax-prepared output feeds the loader smoke."""
-  out = tmp_path_factory.mktemp("bench")
-  corpus = _one_take(out / "corpus")
-  data = out / "data"
+def test_benchmarks_run_in_smoke_mode(tmp_path):
+  """One test, not two: the loader smoke reads what the precompute smoke prepared,
+  and pytest-xdist would otherwise run the precompute smoke once per worker."""
+  corpus = _one_take(tmp_path / "corpus")
+  data = tmp_path / "data"
   # One worker: the pool's start-up would dominate a one-clip smoke run.
   stdout = _run("benchmarks.precompute", "--smoke", "--corpus", str(corpus),
-                "--workers", "1", "--keep-data", str(data), "--json", str(out / "p.json"))
-  return out, data, stdout
-
-
-def test_precompute_smoke(smoke_data):
-  out, _, stdout = smoke_data
+                "--workers", "1", "--keep-data", str(data), "--json",
+                str(tmp_path / "p.json"))
   assert len(RATIO.findall(stdout)) == 6, stdout  # 3 ratios x 2 feature sets
-  result = json.loads((out / "p.json").read_text())
+  result = json.loads((tmp_path / "p.json").read_text())
   assert [r["feature_set"] for r in result["results"]] == ["mfcc", "frames3d_gray_80x70x30"]
   assert all(len(r["ratios"]) == 3 for r in result["results"])
 
-
-def test_loader_throughput_smoke(smoke_data):
-  out, data, _ = smoke_data
   stdout = _run("benchmarks.loader_throughput", "--smoke", "--data-dir", str(data),
-                "--json", str(out / "l.json"))
+                "--json", str(tmp_path / "l.json"))
   assert len(RATIO.findall(stdout)) == 1, stdout
   assert "model:" in stdout
-  result = json.loads((out / "l.json").read_text())
+  result = json.loads((tmp_path / "l.json").read_text())
   assert result["ratios"][0]["value"] > 0
