@@ -230,7 +230,8 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     tasks = [(t, self.builder_config.feature_set_name, self._cache_dir)
              for t in sorted(found.takes, key=lambda t: (t.actor, t.take_id))]
     by_actor: dict[int, list[str]] = {}
-    with _pool(self._workers) as pool:
+    modalities = features_lib.get_feature_set(self.builder_config.feature_set_name).modalities
+    with _pool(worker_count(self._workers, len(tasks), modalities)) as pool:
       results = pool.imap_unordered(_compute_to_cache, tasks) if pool else map(
           _compute_to_cache, tasks)
       for take, result in tqdm.tqdm(results, total=len(tasks), unit="clip",
@@ -265,18 +266,48 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 CACHE_PREFIX = ".avjax-prepare-cache-"
 
 
+# One BLAS/OpenMP/OpenCV thread per worker: the pool already runs one process per
+# core, and nested thread pools only fight over the same cores.
+_SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                      "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+
+
+def _init_worker() -> None:
+  import cv2
+  cv2.setNumThreads(1)
+
+
 @contextlib.contextmanager
 def _pool(workers: int):
-  """Spawned workers: forking a process that may hold jax/TF threads is unsafe."""
+  """Spawned workers (forking a process that may hold jax/TF threads is unsafe),
+  each single-threaded. The environment is set around the spawn, because BLAS
+  reads it once, when numpy is first imported in the child."""
   if workers <= 1:
     yield None
     return
-  pool = multiprocessing.get_context("spawn").Pool(workers)
+  saved = {k: os.environ.get(k) for k in _SINGLE_THREAD_ENV}
+  os.environ.update(_SINGLE_THREAD_ENV)
+  try:
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
   try:
     yield pool
   finally:
     pool.terminate()
     pool.join()
+
+
+def worker_count(requested: int, num_tasks: int, modalities: Sequence[str]) -> int:
+  """Workers worth starting: each costs a few seconds of imports, which only pays
+  off with enough work per worker (audio features take milliseconds per clip,
+  video features with face tracking about a second)."""
+  per_worker = 4 if "video" in modalities else 200
+  return max(1, min(requested, -(-num_tasks // per_worker)))
 
 
 def _compute_to_cache(task) -> tuple[Take, str | Skip]:
