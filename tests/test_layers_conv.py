@@ -10,6 +10,7 @@ import pytest
 
 from avjax.layers import Conv, conv_nd, resolve_impl
 from avjax.layers import conv as conv_module
+from avjax.layers.pooling import max_pool
 
 # (spatial input shape, kernel shape, cin, cout, strides, padding, dilation)
 CASES = [
@@ -70,15 +71,36 @@ def test_cpu_path_matches_xla(spatial, ksize, cin, cout, strides, padding, dilat
     _close(a, b)
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 2048])
+@pytest.mark.parametrize("method", ["xla", "shift", "im2col"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[6], CASES[12]])
+def test_every_forward_method_matches_xla(monkeypatch, method, case):
+  """'auto' picks by channel count; force each formulation on every dim."""
+  spatial, ksize, cin, cout, strides, padding, dilation = case
+  monkeypatch.setitem(conv_module._CPU_FORWARD, len(ksize), method)
+  x, w = _inputs(spatial, ksize, cin, cout)
+  ref = _fwd_and_grads("xla", x, w, strides, padding, dilation)
+  got = _fwd_and_grads("cpu", x, w, strides, padding, dilation)
+  for a, b in zip(got, ref):
+    _close(a, b)
+
+
+def test_forward_method_choice():
+  assert conv_module.forward_method((3, 3, 3, 1, 16)) == "im2col"
+  assert conv_module.forward_method((3, 3, 3, 16, 16)) == "shift"
+  assert conv_module.forward_method((3, 3, 3, 16, 32)) == "im2col"
+  assert conv_module.forward_method((3, 3, 16, 16)) == "xla"
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7000, 30000])
 @pytest.mark.parametrize("ndim", [1, 3])
-def test_weight_grad_chunking_matches(monkeypatch, chunk_bytes, ndim):
-  """Tiny chunk budgets force the batch-chunked and the row-blocked branches
-  (of the weight gradient, and of the im2col forward, which 1 channel takes)."""
+def test_chunking_matches(monkeypatch, chunk_bytes, ndim):
+  """Small chunk budgets force every branch of `_chunk_plan` (3D, 1 channel:
+  12960 patch bytes per sample, 3240 per output row; so rows of 1, rows of 2,
+  and 2 samples) in the im2col forward and the weight gradient."""
   spatial, ksize = ((9,), (3,)) if ndim == 1 else ((4, 5, 6), (3, 3, 3))
   x, w = _inputs(spatial, ksize, 1, 2, batch=4)
   ref = _fwd_and_grads("xla", x, w, 1, "SAME", 1)
-  monkeypatch.setattr(conv_module, "_WGRAD_CHUNK_BYTES", chunk_bytes)
+  monkeypatch.setattr(conv_module, "_CHUNK_BYTES", chunk_bytes)
   got = _fwd_and_grads("cpu", x, w, 1, "SAME", 1)
   for a, b in zip(got, ref):
     _close(a, b)
@@ -140,3 +162,31 @@ def test_impl_resolution():
   assert resolve_impl("xla") == "xla"
   with pytest.raises(ValueError):
     resolve_impl("cudnn")
+
+
+@pytest.mark.parametrize("spatial,window", [((7, 8, 5), (2, 2, 2)), ((6, 9), (2, 3)), ((10,), (3,))])
+def test_max_pool_cpu_backward_matches_select_and_scatter(spatial, window):
+  """Odd sizes leave a remainder; the ReLU makes all-zero windows, i.e. ties,
+  where the gradient must go to the same single element as XLA's."""
+  x, _ = _inputs(spatial, window, 3, 1)
+  x = np.maximum(x, 0)
+  x[0, ...] = 0  # a sample of pure ties
+  ours = lambda a: max_pool(a, window, window, impl="cpu")
+  ref = lambda a: nn.max_pool(a, window, strides=window, padding="VALID")
+  y_shape = jax.eval_shape(ref, x).shape
+  g = np.random.default_rng(5).standard_normal(y_shape).astype(np.float32)
+
+  @jax.jit
+  def run(x, g):
+    (ya, va), (yb, vb) = jax.vjp(ours, x), jax.vjp(ref, x)
+    return ya, yb, va(g)[0], vb(g)[0]
+  ya, yb, ga, gb = run(x, g)
+  np.testing.assert_array_equal(np.asarray(ya), np.asarray(yb))
+  np.testing.assert_array_equal(np.asarray(ga), np.asarray(gb))
+
+
+def test_max_pool_overlapping_windows_fall_back():
+  x, _ = _inputs((7, 7), (3, 3), 2, 1)
+  got = jax.jit(lambda a: max_pool(a, (3, 3), (2, 2), impl="cpu"))(x)
+  ref = jax.jit(lambda a: nn.max_pool(a, (3, 3), strides=(2, 2)))(x)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))

@@ -1,22 +1,25 @@
 """One convolution for every avjax model: plain XLA on TPU/GPU, a faster form on CPU.
 
-XLA:CPU runs 3D convolutions and every convolution's weight gradient through a
-slow generic path (openxla/xla#34273): on the S1 video net a 3x3x3 conv and its
-two gradients each take several times longer than a 2D conv doing the same work.
-Users debug on laptops and CI runs on two cores, so on the CPU backend `conv_nd`
+XLA:CPU's convolution emitter is far from its GEMM speed on the shapes avjax
+uses (openxla/xla#34273): a 16->16 3x3x3 conv runs at a quarter of the rate of
+the same 2D work, and the weight gradients XLA derives are slower still. Users
+debug on laptops and CI runs on two cores, so on the CPU backend `conv_nd`
 switches to a `jax.custom_vjp` whose three passes are written in forms XLA:CPU
-runs well:
+runs well (numbers: benchmarks/conv_ops.py):
 
-- forward and input gradient of a 3D conv: a sum over the depth taps of 2D
-  convolutions on (batch * depth) planes (XLA:CPU's 2D convolution is fast);
-  1D and 2D keep XLA's own convolution;
+- forward: im2col + one GEMM per chunk, kernel^T (O, K*C) @ patches^T (K*C, N),
+  the patch matrix built directly in that layout; except when both channel
+  counts are <= 16, where XLA:CPU's 2D convolution is at its best and a 3D conv
+  becomes a sum over the depth taps of 2D convs on (batch * depth) planes
+  (1D/2D keep XLA's own conv there);
 - input gradient: the transposed convolution written as a stride-1 convolution
   of the zero-interleaved, padded output gradient with the flipped kernel, so it
-  reuses the fast forward;
-- weight gradient: im2col patches^T @ grad_out, one GEMM per chunk of output
-  rows, the patches built directly in (K*C, N) layout and the chunks sized so
-  the 27x patch matrix stays a few MiB (cache friendly, bounded memory),
-  instead of XLA's derived convolution.
+  goes through the same fast forward;
+- weight gradient: patches^T (K*C, N) @ grad_out (N, O) per chunk, instead of
+  XLA's derived convolution.
+
+Patch chunks are cut over batch, then over output rows, to about 16 MiB: that
+keeps them near cache and bounds memory (a 3x3x3 patch matrix is 27x its input).
 
 On TPU and GPU (`impl='auto'`) nothing changes: `lax.conv_general_dilated`.
 `benchmarks/conv_ops.py` measures each pass against plain XLA.
@@ -40,22 +43,25 @@ PaddingLike = str | Sequence[tuple[int, int]]
 
 IMPLS = ("auto", "xla", "cpu")
 
-# Bytes of one im2col patch chunk in the weight gradient. Small enough to stay
-# near cache, large enough that each GEMM amortises its launch (measured on a
-# 2-core EPYC; 8-32 MiB were within noise of each other).
-_WGRAD_CHUNK_BYTES = 16 * 2**20
+# Bytes of one im2col patch chunk. Small enough to stay near cache and bound
+# memory (a 3x3x3 patch matrix is 27x its input), large enough that each GEMM
+# amortises its launch: 8-16 MiB was best on a 2-core EPYC, 64 MiB 2-3x slower.
+_CHUNK_BYTES = 16 * 2**20
 
-# A 3D forward whose patch rows are at most this many columns (K*C) runs as
-# im2col + GEMM instead of depth-shifted 2D convs.
+# Forward patch matrices this narrow (K*C columns, e.g. a 3x3x3 conv on one
+# grayscale channel) always take im2col: 2D convs with C=1 run far below peak.
 _IM2COL_MAX_COLUMNS = 32
 
-# Per dimensionality: how the CPU path computes the forward (and so the input
-# gradient) and the weight gradient. See benchmarks/conv_ops.py for the numbers.
-_CPU_PLAN = {
-    1: ("xla", "im2col"),
-    2: ("xla", "im2col"),
-    3: ("shift", "im2col"),
-}
+# The CPU path's forward (also used for the input gradient, a convolution too)
+# per dimensionality: 'auto' picks per kernel shape (see `forward_method`):
+# depth-shifted 2D convs (3D) or XLA's conv (1D/2D) when both channel counts are
+# <= 16, where XLA:CPU's 2D convolution is at its best, else im2col + GEMM.
+# 'xla', 'shift' and 'im2col' force one (benchmarks/conv_ops.py --variants).
+_CPU_FORWARD = {1: "auto", 2: "auto", 3: "auto"}
+
+# Weight gradient per dimensionality: 'im2col' (patches^T @ grad) or 'xla'
+# (XLA's derived convolution).
+_CPU_WGRAD = {1: "im2col", 2: "im2col", 3: "im2col"}
 
 
 def resolve_impl(impl: str) -> str:
@@ -137,51 +143,12 @@ def _shift_valid(x, w, strides, dilation, out_dtype):
   return out.reshape(b, d_out, *out.shape[1:])
 
 
-def _im2col_valid(x, w, strides, dilation, out_dtype):
-  """VALID conv as patches @ kernel, chunked over the batch to bound memory."""
-  ksize, (c, o) = w.shape[:-2], w.shape[-2:]
-  out_spatial = _out_shape(x.shape[1:-1], ksize, strides, dilation)
-  wm = w.reshape(-1, o)
-  sample_bytes = math.prod(out_spatial) * wm.shape[0] * x.dtype.itemsize
-  b = x.shape[0]
-  nb = _largest_divisor_at_most(b, _WGRAD_CHUNK_BYTES // max(sample_bytes, 1))
-
-  def chunk(xc):
-    p = _patches(xc, ksize, strides, dilation, out_spatial)
-    return jnp.dot(p, wm, preferred_element_type=jnp.float32).astype(out_dtype)
-  if nb == b:
-    return chunk(x)
-  ys = lax.map(chunk, x.reshape(b // nb, nb, *x.shape[1:]))
-  return ys.reshape(b, *out_spatial, o)
-
-
-def _valid(x, w, strides, dilation, method, out_dtype):
-  if method == "shift" and w.ndim == 5:
-    # Few input channels (the first layer on grayscale clips): 2D convs with
-    # C=1 run far below peak, while the patch matrix is small (K*C columns).
-    if math.prod(w.shape[:-1]) <= _IM2COL_MAX_COLUMNS:
-      return _im2col_valid(x, w, strides, dilation, out_dtype)
-    return _shift_valid(x, w, strides, dilation, out_dtype)
-  return _xla_valid(x, w, strides, dilation, out_dtype)
-
-
-def _patches(x, ksize, strides, dilation, out_spatial):
-  """(n, *in, C) -> (n, *out, K*C), tap-major like kernel.reshape(K*C, O)."""
-  n, c = x.shape[0], x.shape[-1]
-  cols = []
-  for tap in itertools.product(*(range(k) for k in ksize)):
-    start = (0,) + tuple(t * r for t, r in zip(tap, dilation)) + (0,)
-    limit = ((n,) + tuple(t * r + (o - 1) * s + 1 for t, r, o, s
-                          in zip(tap, dilation, out_spatial, strides)) + (c,))
-    cols.append(lax.slice(x, start, limit, (1,) + tuple(strides) + (1,)))
-  return jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
-
-
 def _patches_t(x, ksize, strides, dilation, out_spatial):
-  """(n, *in, C) -> (K*C, n*prod(out)): the transposed patch matrix, built
-  directly in that layout (channels moved first once, taps stacked on axis 0).
-  XLA:CPU runs (K*C, N) @ (N, O) about 3x faster than contracting the leading
-  axis of an (N, K*C) matrix, so the transpose is never materialised at 27x."""
+  """(n, *in, C) -> (K*C, n*prod(out)): the transposed im2col matrix, rows
+  tap-major like kernel.reshape(K*C, O). Built in this layout directly
+  (channels moved first once, then taps stacked on axis 0): each copied run is
+  a spatial row, not C floats, and XLA:CPU's GEMMs on (K*C, N) operands ran
+  2-3x faster than on (N, K*C) in our measurements."""
   xt = jnp.moveaxis(x, -1, 0)  # (C, n, *in)
   c, n = xt.shape[:2]
   cols = []
@@ -193,55 +160,109 @@ def _patches_t(x, ksize, strides, dilation, out_spatial):
   return jnp.stack(cols).reshape(len(cols) * c, -1)
 
 
-def _contract(x, g, ksize, strides, dilation, out_spatial):
-  """x (n, *in, C), grad (n, *out, O) -> (K*C, O), accumulated in float32."""
-  pt = _patches_t(x, ksize, strides, dilation, out_spatial)
-  return jnp.dot(pt, g.reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32)
-
-
 def _largest_divisor_at_most(n: int, cap: int) -> int:
   cap = max(1, min(n, cap))
   return max(d for d in range(1, cap + 1) if n % d == 0)
 
 
-def _im2col_wgrad(x, g, ksize, strides, dilation, chunk_bytes: int | None = None):
-  """Weight gradient as patches^T @ g, chunked over batch, then over the first
-  spatial output axis, so at most ~chunk_bytes of patches exist at a time."""
-  chunk_bytes = chunk_bytes or _WGRAD_CHUNK_BYTES
+def _chunk_plan(batch, out_spatial, columns, itemsize):
+  """How to cut the patch matrix so at most ~_CHUNK_BYTES of it exists at once:
+  ('all', B), ('batch', samples per chunk) or ('rows', output rows per block
+  along the first spatial axis, per sample)."""
+  budget = _CHUNK_BYTES
+  row_bytes = math.prod(out_spatial[1:]) * columns * itemsize
+  sample_bytes = row_bytes * out_spatial[0]
+  if batch * sample_bytes <= budget:
+    return "all", batch
+  if sample_bytes <= budget or len(out_spatial) == 1:
+    return "batch", _largest_divisor_at_most(batch, budget // max(sample_bytes, 1))
+  return "rows", _largest_divisor_at_most(out_spatial[0], budget // max(row_bytes, 1))
+
+
+def _row_span(t, ksize, strides, dilation):
+  return (t - 1) * strides[0] + (ksize[0] - 1) * dilation[0] + 1
+
+
+def _im2col_valid(x, w, strides, dilation, out_dtype):
+  """VALID conv as kernel^T (O, K*C) @ patches^T (K*C, N), chunked."""
+  ksize, (c, o) = w.shape[:-2], w.shape[-2:]
+  b = x.shape[0]
+  out_spatial = _out_shape(x.shape[1:-1], ksize, strides, dilation)
+  wt = w.reshape(-1, o).T
+
+  def block(xc, spatial):  # (n, *in, C) -> (n, *spatial, O)
+    pt = _patches_t(xc, ksize, strides, dilation, spatial)
+    y = jnp.dot(wt, pt, preferred_element_type=jnp.float32)
+    y = y.reshape(o, xc.shape[0], *spatial)
+    return jnp.moveaxis(y, 0, -1).astype(out_dtype)
+
+  mode, m = _chunk_plan(b, out_spatial, wt.shape[1], x.dtype.itemsize)
+  if mode == "all":
+    return block(x, out_spatial)
+  if mode == "batch":
+    ys = lax.map(lambda xc: block(xc, out_spatial), x.reshape(b // m, m, *x.shape[1:]))
+    return ys.reshape(b, *out_spatial, o)
+  span = _row_span(m, ksize, strides, dilation)
+  spatial = (m,) + tuple(out_spatial[1:])
+
+  def one_sample(xb):
+    def one_block(j):
+      xs = lax.dynamic_slice_in_dim(xb[None], j * m * strides[0], span, axis=1)
+      return block(xs, spatial)[0]
+    return lax.map(one_block, jnp.arange(out_spatial[0] // m))
+  return lax.map(one_sample, x).reshape(b, *out_spatial, o)
+
+
+def forward_method(w_shape) -> str:
+  """The CPU path's forward for a kernel shape (*k, C, O); see _CPU_FORWARD."""
+  n = len(w_shape) - 2
+  method = _CPU_FORWARD[n]
+  if method != "auto":
+    return method
+  cin, cout = w_shape[-2:]
+  if cin <= 16 and cout <= 16 and math.prod(w_shape[:-1]) > _IM2COL_MAX_COLUMNS:
+    return "shift" if n == 3 else "xla"
+  return "im2col"
+
+
+def _valid(x, w, strides, dilation, out_dtype):
+  method = forward_method(w.shape)
+  if method == "shift" and w.ndim == 5:
+    return _shift_valid(x, w, strides, dilation, out_dtype)
+  if method == "im2col":
+    return _im2col_valid(x, w, strides, dilation, out_dtype)
+  return _xla_valid(x, w, strides, dilation, out_dtype)
+
+
+def _im2col_wgrad(x, g, ksize, strides, dilation):
+  """Weight gradient as patches^T (K*C, N) @ grad (N, O), summed over chunks."""
   b, c, o = x.shape[0], x.shape[-1], g.shape[-1]
   out_spatial = g.shape[1:-1]
   kc = math.prod(ksize) * c
-  row_bytes = math.prod(out_spatial[1:]) * kc * x.dtype.itemsize
-  sample_bytes = row_bytes * out_spatial[0]
-  contract = functools.partial(_contract, ksize=ksize, strides=strides,
-                               dilation=dilation)
 
-  if b * sample_bytes <= chunk_bytes:
-    total = contract(x, g, out_spatial=out_spatial)
-  elif sample_bytes <= chunk_bytes or len(out_spatial) == 1:
-    nb = _largest_divisor_at_most(b, chunk_bytes // max(sample_bytes, 1))
-    xs = x.reshape(b // nb, nb, *x.shape[1:])
-    gs = g.reshape(b // nb, nb, *g.shape[1:])
-    parts = lax.map(lambda a: contract(a[0], a[1], out_spatial=out_spatial), (xs, gs))
-    total = parts.sum(0)
+  def contract(xc, gc, spatial):
+    pt = _patches_t(xc, ksize, strides, dilation, spatial)
+    return jnp.dot(pt, gc.reshape(-1, o), preferred_element_type=jnp.float32)
+
+  mode, m = _chunk_plan(b, out_spatial, kc, x.dtype.itemsize)
+  if mode == "all":
+    total = contract(x, g, out_spatial)
+  elif mode == "batch":
+    xs = x.reshape(b // m, m, *x.shape[1:])
+    gs = g.reshape(b // m, m, *g.shape[1:])
+    total = lax.map(lambda a: contract(a[0], a[1], out_spatial), (xs, gs)).sum(0)
   else:
-    # Blocks of t output rows along the first spatial axis, per sample.
-    rows = out_spatial[0]
-    t = _largest_divisor_at_most(rows, chunk_bytes // max(row_bytes, 1))
-    s0, r0, k0 = strides[0], dilation[0], ksize[0]
-    span = (t - 1) * s0 + (k0 - 1) * r0 + 1
-    block_spatial = (t,) + tuple(out_spatial[1:])
+    span = _row_span(m, ksize, strides, dilation)
+    spatial = (m,) + tuple(out_spatial[1:])
 
-    def one_block(xb, gb, j):
-      xs = lax.dynamic_slice_in_dim(xb, j * t * s0, span, axis=1)
-      gj = lax.dynamic_slice_in_dim(gb, j * t, t, axis=1)
-      return contract(xs, gj, out_spatial=block_spatial)
-
-    def one_sample(carry, a):
+    def one_sample(acc, a):
       xb, gb = a[0][None], a[1][None]
+
       def body(j, acc):
-        return acc + one_block(xb, gb, j)
-      return lax.fori_loop(0, rows // t, body, carry), None
+        xs = lax.dynamic_slice_in_dim(xb, j * m * strides[0], span, axis=1)
+        gj = lax.dynamic_slice_in_dim(gb, j * m, m, axis=1)
+        return acc + contract(xs, gj, spatial)
+      return lax.fori_loop(0, out_spatial[0] // m, body, acc), None
 
     total, _ = lax.scan(one_sample, jnp.zeros((kc, o), jnp.float32), (x, g))
   return total.reshape(*ksize, c, o)
@@ -259,15 +280,13 @@ def _pad_spatial(x, pads):
 
 
 def _cpu_conv_fwd(x, w, strides, pads, dilation):
-  fwd_method, _ = _CPU_PLAN[w.ndim - 2]
   xp = _pad_spatial(x, pads)
-  y = _valid(xp, w, strides, dilation, fwd_method, x.dtype)
+  y = _valid(xp, w, strides, dilation, x.dtype)
   return y, (x, w)
 
 
 def _cpu_conv_bwd(strides, pads, dilation, res, g):
   x, w = res
-  fwd_method, wgrad_method = _CPU_PLAN[w.ndim - 2]
   ksize = w.shape[:-2]
   xp = _pad_spatial(x, pads)
   in_spatial = xp.shape[1:-1]
@@ -283,11 +302,11 @@ def _cpu_conv_bwd(strides, pads, dilation, res, g):
                                                      out_spatial, in_spatial))
                  + ((0, 0, 0),))
   wt = jnp.flip(w, axis=tuple(range(len(ksize)))).swapaxes(-1, -2)
-  dxp = _valid(gpad, wt, (1,) * len(ksize), dilation, fwd_method, x.dtype)
+  dxp = _valid(gpad, wt, (1,) * len(ksize), dilation, x.dtype)
   # Undo the padding (negative pads crop; a negative forward pad re-grows zeros).
   dx = _pad_spatial(dxp, tuple((-lo, -hi) for lo, hi in pads))
 
-  if wgrad_method == "im2col":
+  if _CPU_WGRAD[len(ksize)] == "im2col":
     dw = _im2col_wgrad(xp, g, ksize, strides, dilation)
   else:
     _, vjp = jax.vjp(lambda w_: _xla_valid(xp, w_, strides, dilation, x.dtype), w)

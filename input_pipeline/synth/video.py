@@ -102,7 +102,7 @@ def _head_layer(actor: Actor) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
                 0, 0, 360, 0.42, -1, cv2.LINE_AA, _SHIFT)
     cv2.ellipse(tone, _pt(cx + side * 0.5 * a, cy + 0.2 * b), _pt(0.22 * a, 0.14 * b),
                 0, 0, 360, 1.12, -1, cv2.LINE_AA, _SHIFT)
-  cv2.ellipse(tone, _pt(cx, cy - 0.52 * b), _pt(0.55 * a, 0.16 * b), 0, 0, 360, 1.12, -1,
+  cv2.ellipse(tone, _pt(cx, cy - 0.56 * b), _pt(0.6 * a, 0.18 * b), 0, 0, 360, 1.18, -1,
               cv2.LINE_AA, _SHIFT)  # forehead catches the light
   cv2.line(tone, _pt(cx, eye_y - 0.1 * b), _pt(cx, cy + 0.18 * b), 1.15,
            max(2, int(0.16 * a)), cv2.LINE_AA, _SHIFT)
@@ -119,7 +119,7 @@ def _head_layer(actor: Actor) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
   for side in (-1, 1):
     cv2.ellipse(rgb, _pt(cx + side * 0.09 * a, cy + 0.25 * b), _pt(0.06 * a, 0.025 * b), 0,
                 0, 360, tuple(float(c) for c in skin * 0.35), -1, cv2.LINE_AA, _SHIFT)
-  paint(hair, lambda m: cv2.ellipse(m, _pt(cx, cy - 0.74 * b), _pt(1.02 * a, 0.34 * b), 0,
+  paint(hair, lambda m: cv2.ellipse(m, _pt(cx, cy - 0.86 * b), _pt(1.02 * a, 0.3 * b), 0,
                                     180, 360, 255, -1, cv2.LINE_AA, _SHIFT))
   return np.clip(rgb, 0, 255), alpha, (x0, y0)
 
