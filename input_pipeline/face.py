@@ -29,9 +29,11 @@ class FaceDetector:
   be handed to multiprocessing workers (cv2 objects cannot be pickled).
   """
 
-  def __init__(self, max_side: int = 320, scale_factor: float = 1.1,
+  def __init__(self, max_side: int = 240, scale_factor: float = 1.1,
                min_neighbors: int = 5, min_size_frac: float = 0.12):
-    self.max_side = max_side            # detection runs on a copy this small
+    # Detection runs on a copy this small: 240 px keeps every synthetic and
+    # fixture face found at half the cost of 320 px (160 px starts missing).
+    self.max_side = max_side
     self.scale_factor = scale_factor
     self.min_neighbors = min_neighbors
     self.min_size_frac = min_size_frac  # of the shorter side: rejects tiny blobs

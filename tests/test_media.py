@@ -240,3 +240,14 @@ def test_wav_with_no_samples_raises(tmp_path):
     media.read_audio(path)
   _assert_one_line_naming(exc.value, path)
   assert "no samples" in str(exc.value)
+
+
+def test_read_video_max_side_shrinks_keeping_aspect():
+  flv = sorted((FIXTURES / "crema_d" / "VideoFlash").glob("*.flv"))[0]
+  info = media.probe(flv)
+  full, fps = media.read_video(flv, max_frames=3)
+  small, fps_small = media.read_video(flv, max_frames=3, max_side=info.width // 2)
+  assert full.shape[1:3] == (info.height, info.width)
+  assert max(small.shape[1:3]) <= info.width // 2
+  assert abs(small.shape[2] / small.shape[1] - info.width / info.height) < 0.05
+  assert fps_small == fps and len(small) == len(full)
