@@ -43,7 +43,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
   from input_pipeline import prepare
   report = prepare.prepare(dataset=args.dataset, manual_dir=args.manual_dir,
                            data_dir=args.data_dir, feature_set=args.features,
-                           workers=args.workers, progress=not args.quiet)
+                           workers=args.workers, progress=not args.quiet,
+                           beam_runner=args.beam_runner, beam_options=args.beam_option)
   print(report.summary())
   return 0
 
@@ -152,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workers", type=_positive_int, default=None,
                  help="worker processes (default: all cores)")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--beam-runner", default=None, metavar="NAME",
+                 help="compute features in an Apache Beam pipeline on this runner "
+                      "(DirectRunner, DataflowRunner, SparkRunner, FlinkRunner, ...) "
+                      "instead of the local process pool")
+  p.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
+                 help="a Beam pipeline option, e.g. project=my-proj (a boolean "
+                      "option is just its KEY); repeatable")
   p.set_defaults(handler=_cmd_prepare)
 
   for name, handler, text in (

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 
 import tensorflow_datasets as tfds
 
@@ -72,8 +73,17 @@ def make_builder(dataset: str, data_dir: str, feature_set: str, *,
 
 
 def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
-            workers: int | None = None, progress: bool = True) -> PrepareReport:
-  """Builds `dataset` with `feature_set` from `manual_dir` into `data_dir`."""
+            workers: int | None = None, progress: bool = True,
+            beam_runner: str | None = None,
+            beam_options: Mapping[str, str] | Sequence[str] | None = None
+            ) -> PrepareReport:
+  """Builds `dataset` with `feature_set` from `manual_dir` into `data_dir`.
+
+  With `beam_runner` (e.g. "DirectRunner", "DataflowRunner") or `beam_options`
+  (`{"project": ...}` or `["--project=...", ...]`), features are computed in an
+  Apache Beam pipeline instead of the local process pool: for corpora larger than
+  one machine. `data_dir` and `manual_dir` must then be readable by the workers.
+  """
   manual_dir = os.path.abspath(os.fspath(manual_dir))
   data_dir = os.path.abspath(os.fspath(data_dir))
   if not os.path.isdir(manual_dir):
@@ -93,6 +103,10 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
   _remove_stale(data_dir, data_path)
   start = time.time()
   config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  if beam_runner or beam_options:
+    config = tfds.download.DownloadConfig(
+        manual_dir=manual_dir, beam_runner=beam_runner,
+        beam_options=pipeline_options(beam_options))
   if not progress:
     tfds.disable_progress_bar()
   try:
@@ -114,6 +128,16 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
     json.dump(report.to_json(), f, indent=1)
   os.replace(tmp, report_path)
   return report
+
+
+def pipeline_options(options: Mapping[str, str] | Sequence[str] | None):
+  """Beam `PipelineOptions` from KEY=VALUE pairs or flags; Beam parses the types."""
+  from apache_beam.options.pipeline_options import PipelineOptions
+  if isinstance(options, Mapping):
+    flags = [f"--{k.lstrip('-')}={v}" for k, v in options.items()]
+  else:
+    flags = [o if o.startswith("--") else f"--{o}" for o in options or ()]
+  return PipelineOptions(flags)
 
 
 def _remove_stale(data_dir: str, data_path: str) -> None:

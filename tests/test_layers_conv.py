@@ -62,7 +62,12 @@ def _close(a, b):
 
 
 @pytest.mark.parametrize("spatial,ksize,cin,cout,strides,padding,dilation", CASES)
-def test_cpu_path_matches_xla(spatial, ksize, cin, cout, strides, padding, dilation):
+def test_cpu_path_matches_xla(monkeypatch, spatial, ksize, cin, cout, strides, padding,
+                              dilation):
+  n = len(ksize)
+  if n < 3:  # 1D/2D default to XLA's own conv on CPU: test the custom path there.
+    monkeypatch.setitem(conv_module._CPU_FORWARD, n, "im2col")
+    monkeypatch.setitem(conv_module._CPU_WGRAD, n, "im2col")
   x, w = _inputs(spatial, ksize, cin, cout)
   ref = _fwd_and_grads("xla", x, w, strides, padding, dilation)
   got = _fwd_and_grads("cpu", x, w, strides, padding, dilation)
@@ -77,6 +82,7 @@ def test_every_forward_method_matches_xla(monkeypatch, method, case):
   """'auto' picks by channel count; force each formulation on every dim."""
   spatial, ksize, cin, cout, strides, padding, dilation = case
   monkeypatch.setitem(conv_module._CPU_FORWARD, len(ksize), method)
+  monkeypatch.setitem(conv_module._CPU_WGRAD, len(ksize), "im2col")
   x, w = _inputs(spatial, ksize, cin, cout)
   ref = _fwd_and_grads("xla", x, w, strides, padding, dilation)
   got = _fwd_and_grads("cpu", x, w, strides, padding, dilation)
@@ -84,7 +90,8 @@ def test_every_forward_method_matches_xla(monkeypatch, method, case):
     _close(a, b)
 
 
-def test_forward_method_choice():
+def test_forward_method_choice(monkeypatch):
+  monkeypatch.setitem(conv_module._CPU_FORWARD, 2, "auto")
   assert conv_module.forward_method((3, 3, 3, 1, 16)) == "im2col"
   assert conv_module.forward_method((3, 3, 3, 16, 16)) == "shift"
   assert conv_module.forward_method((3, 3, 3, 16, 32)) == "im2col"
@@ -98,6 +105,8 @@ def test_chunking_matches(monkeypatch, chunk_bytes, ndim):
   12960 patch bytes per sample, 3240 per output row; so rows of 1, rows of 2,
   and 2 samples) in the im2col forward and the weight gradient."""
   spatial, ksize = ((9,), (3,)) if ndim == 1 else ((4, 5, 6), (3, 3, 3))
+  monkeypatch.setitem(conv_module._CPU_FORWARD, ndim, "auto")
+  monkeypatch.setitem(conv_module._CPU_WGRAD, ndim, "im2col")
   x, w = _inputs(spatial, ksize, 1, 2, batch=4)
   ref = _fwd_and_grads("xla", x, w, 1, "SAME", 1)
   monkeypatch.setattr(conv_module, "_CHUNK_BYTES", chunk_bytes)

@@ -1,7 +1,10 @@
 """Layers shared by every avjax model: one convolution (fast on CPU, plain XLA on
-TPU/GPU) and operational (Self-ONN) convolutions built on it."""
+TPU/GPU), a max-pool with a fast CPU gradient, and operational (Self-ONN)
+convolutions built on the same convolution core."""
 
 from avjax.layers.conv import Conv, conv_nd, resolve_impl
 from avjax.layers.operational import OperationalConv, operational_init
+from avjax.layers.pooling import max_pool
 
-__all__ = ["Conv", "conv_nd", "resolve_impl", "OperationalConv", "operational_init"]
+__all__ = ["Conv", "conv_nd", "resolve_impl", "max_pool", "OperationalConv",
+           "operational_init"]

@@ -10,15 +10,19 @@ protocol is then a union of actor splits, and no split can mix a take's files.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import pickle
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -181,6 +185,8 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, *, workers: int | None = None, progress: bool = True, **kwargs):
     self._workers = workers or os.cpu_count() or 1
     self._progress = progress
+    self._use_beam = False
+    self._skip_dir: str | None = None
     self._data_dir_root = kwargs.get("data_dir") or tempfile.gettempdir()
     self.skipped: list[Skip] = []
     self.ignored: list[str] = []
@@ -209,11 +215,29 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         supervised_keys=None, homepage=getattr(self, "HOMEPAGE", None),
         citation=getattr(self, "CITATION", None))
 
+  def _download_and_prepare(self, dl_manager, download_config):
+    """Notes whether a Beam runner drives this build: `_split_generators` only
+    sees the download manager."""
+    self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    except Exception as e:  # noqa: BLE001 - re-raised, reworded when we know why.
+      empty = re.search(r"generated examples is 0 for split (\w+)", str(e))
+      if self._use_beam and empty:
+        raise InputError(None, f"every take of {empty.group(1)} failed to decode in the "
+                               "Beam pipeline, and TFDS cannot write an empty split; "
+                               "remove those files, or prepare without a Beam runner "
+                               "(the local path drops the split)") from e
+      raise
+    if self._use_beam:  # What was written, not what was planned: the real check.
+      self.prepared = sum(s.num_examples for s in self.info.splits.values())
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Computes every take's features first (in parallel, into a scratch cache on
     disk), then declares one split per actor that has at least one example: TFDS
     cannot write an empty split, and an actor whose every take was skipped must
-    simply be absent, not break the build."""
+    simply be absent, not break the build. With a Beam runner, the features are
+    computed in the pipeline instead (`_beam_split_generators`)."""
     manual_dir = os.fspath(dl_manager.manual_dir)
     if not os.path.isdir(manual_dir):
       raise InputError(manual_dir, "manual download directory does not exist")
@@ -224,6 +248,8 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if not found.takes:
       raise InputError(manual_dir, f"no usable clips found for {self.name} "
                                    f"({len(found.skipped)} skipped)")
+    if self._use_beam:
+      return self._beam_split_generators(manual_dir, found.takes)
     os.makedirs(os.fspath(self._data_dir_root), exist_ok=True)
     self._cache_dir = tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-",
                                        dir=os.fspath(self._data_dir_root))
@@ -256,11 +282,64 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       os.remove(path)
       yield key, example
 
+  # -- The Beam path ---------------------------------------------------------------
+
+  def _beam_split_generators(self, manual_dir: str, takes: Sequence[Take]) -> dict:
+    """Declares the actor splits and hands each its takes; nothing is decoded here.
+
+    TFDS cannot write an empty split, and which actors end up with examples is
+    only known once the pipeline ran. So every take is first probed (ffmpeg reads
+    the container header: milliseconds, not a decode): a take whose needed media
+    is missing or unreadable is skipped here, and only actors with a take left get
+    a split. Residual case: a take that probes fine but fails to decode (e.g. an
+    audio stream with no samples) is skipped in the pipeline; if that happens to
+    every take of an actor, TFDS fails that split and `_download_and_prepare`
+    says why; nothing reads as complete, and the local path handles that corpus.
+    """
+    feature_set_name = self.builder_config.feature_set_name
+    modalities = features_lib.get_feature_set(feature_set_name).modalities
+    ordered = sorted(takes, key=lambda t: (t.actor, t.take_id))
+    with concurrent.futures.ThreadPoolExecutor(max(1, 4 * self._workers)) as pool:
+      probed = list(pool.map(lambda t: probe_take(t, modalities), ordered))
+    by_actor: dict[int, list[Take]] = {}
+    for take, skip in zip(ordered, probed):
+      if skip is not None:
+        log.warning("skipping %s: %s", take.take_id, skip.reason)
+        self.skipped.append(skip)
+      else:
+        by_actor.setdefault(take.actor, []).append(take)
+    if not by_actor:
+      raise InputError(manual_dir, f"every clip was skipped ({len(self.skipped)}); see "
+                                   "the reasons above")
+    # The workers write the pipeline's skip records here, one JSON line each;
+    # `_process_pipeline_result` reads them back once the pipeline has run.
+    self._skip_dir = os.path.join(
+        os.fspath(self._data_dir_root),
+        f"{CACHE_PREFIX}{os.getpid()}-beam-{uuid.uuid4().hex[:8]}")
+    return {split_name(actor): self._generate_examples_beam(
+                actor_takes, feature_set_name, self._skip_dir + "/" + split_name(actor))
+            for actor, actor_takes in sorted(by_actor.items())}
+
+  def _generate_examples_beam(self, takes: Sequence[Take], feature_set_name: str,
+                              skip_prefix: str):
+    """One split as a Beam PTransform: takes -> (key, example), skips to JSON lines."""
+    return beam_examples(list(takes), feature_set_name, skip_prefix)
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    """Collects the pipeline's skip records, so the report stays complete."""
+    for record in read_skip_records(self._skip_dir) if self._skip_dir else []:
+      skip = Skip(tuple(record["files"]), record["reason"], record.get("take"))
+      log.warning("skipping %s: %s", skip.take_id, skip.reason)
+      self.skipped.append(skip)
+
   def cleanup(self) -> None:
     cache = getattr(self, "_cache_dir", None)
     if cache:
       shutil.rmtree(cache, ignore_errors=True)
       self._cache_dir = None
+    if getattr(self, "_skip_dir", None):
+      _delete_tree(self._skip_dir)
+      self._skip_dir = None
 
 
 CACHE_PREFIX = ".avjax-prepare-cache-"
@@ -319,6 +398,84 @@ def _compute_to_cache(task) -> tuple[Take, str | Skip]:
   with open(path, "wb") as f:
     pickle.dump((key, result), f, protocol=pickle.HIGHEST_PROTOCOL)
   return take, path
+
+
+def probe_take(take: Take, modalities: Sequence[str]) -> Skip | None:
+  """Cheap up-front check for the Beam path: the needed files exist and carry the
+  needed streams. None when the take may go to the pipeline."""
+  from input_pipeline import media
+  from input_pipeline.errors import MissingModalityError
+  try:
+    if "audio" in modalities:
+      if take.audio_file is None:
+        raise InputError(take.video_file or take.take_id, "no audio file for this take")
+      if not media.probe(take.audio_file).has_audio:
+        raise MissingModalityError(take.audio_file, "audio")
+    if "video" in modalities:
+      if take.video_file is None:
+        raise InputError(take.audio_file or take.take_id, "no video file for this take")
+      if not media.probe(take.video_file).has_video:
+        raise MissingModalityError(take.video_file, "video")
+  except InputError as e:
+    return Skip(take.files, e.cause if e.path else str(e), take.take_id)
+  return None
+
+
+SKIPPED_TAG = "skipped"
+
+
+def beam_examples(takes: list[Take], feature_set_name: str, skip_prefix: str):
+  """`Create(takes) | compute`, as a PTransform TFDS applies to its pipeline: the
+  examples are its output; skips are counted and written as JSON lines."""
+  import apache_beam as beam
+
+  @beam.ptransform_fn
+  def _examples(root):
+    split = os.path.basename(skip_prefix)
+    results = (root
+               | "Takes" >> beam.Create(takes)
+               | "Compute" >> beam.FlatMap(_compute_tagged, feature_set_name, split)
+               .with_outputs(SKIPPED_TAG, main="examples"))
+    _ = (results[SKIPPED_TAG]
+         | "WriteSkips" >> beam.io.WriteToText(skip_prefix, file_name_suffix=".jsonl"))
+    return results.examples
+
+  return _examples()  # pylint: disable=no-value-for-parameter
+
+
+def _compute_tagged(take: Take, feature_set_name: str, split: str):
+  """Runs on a Beam worker: an example, or a tagged skip record."""
+  from apache_beam import pvalue
+  key, result = compute_example(take, feature_set_name)
+  if isinstance(result, Skip):
+    tfds.beam.inc_counter("skipped", namespace="avjax")
+    yield pvalue.TaggedOutput(SKIPPED_TAG, json.dumps(
+        {"files": list(result.files), "take": result.take_id, "reason": result.reason,
+         "split": split}))
+  else:
+    tfds.beam.inc_counter("prepared", namespace="avjax")
+    yield key, result
+
+
+def read_skip_records(skip_dir: str) -> list[dict]:
+  """The pipeline's skip records, through Beam's filesystems (local or gs://)."""
+  from apache_beam.io.filesystems import FileSystems
+  records = []
+  for match in FileSystems.match([skip_dir + "/*.jsonl"]):
+    for meta in sorted(match.metadata_list, key=lambda m: m.path):
+      with FileSystems.open(meta.path) as f:
+        records.extend(json.loads(line) for line in f.read().decode().splitlines()
+                       if line.strip())
+  return records
+
+
+def _delete_tree(path: str) -> None:
+  if "://" not in path:
+    shutil.rmtree(path, ignore_errors=True)
+    return
+  from apache_beam.io.filesystems import FileSystems
+  with contextlib.suppress(Exception):  # Scratch only: a leftover costs bytes, not data.
+    FileSystems.delete([path])
 
 
 def split_name(actor: int) -> str:

@@ -1,0 +1,718 @@
+"""Train-step throughput: avjax vs the same network in Keras (TF) and PyTorch, on CPU.
+
+Issue 4 asks avjax to train at least 1.5x as fast as Keras on TensorFlow (what
+the papers used) and at least as fast as PyTorch; issue 8 adds the S1 video net
+and asks for >= 1.0x PyTorch everywhere and >= 1.0x Keras on that net. One run
+measures every framework on identical shapes and batch size, interleaved, and
+prints the ratios, because absolute times on a shared machine are noise.
+
+Nets (one framework-neutral layer list per net builds the Keras and PyTorch
+replicas, drives the FLOP count, and is checked against avjax's parameter count):
+
+  s1_fusion  S1: registered `sultana_audio` on mfcc (B,180,20) and
+             `sultana_video` on frames3d (B,30,80,70,1) uint8, their 64-wide
+             embeddings concatenated, Dense 128 ReLU, Dense 8. A registered
+             `sultana*fusion*` model is used when avjax has one.
+  s1_video   S1 video net alone (Conv3D 16,16,pool,32,32,pool, Dense 64, 8).
+  fercnn     S2 FERCNN on (B,162,1): Conv1D 256/128/64/64/32 k3 with pools,
+             dropout 0.2, Dense 256, Dense 6; 152,614 parameters. A registered
+             `*fercnn*` model is used when avjax has one, else a
+             benchmark-local linen definition built with `avjax.models.conv`.
+
+One train step is forward, softmax cross-entropy, backward and Adam (lr 1e-3):
+  jax       `jax.jit` with donated (params, opt_state), compiled ahead of time, so
+            compilation is never timed; optax.adam. The conv layer is whatever
+            `avjax.models.conv` builds today (`jax` row).
+  jax-fast  the same with `avjax.models.set_conv_factory(avjax.layers.Conv)`,
+            issue 8's CPU convolution, for as long as it is not the default.
+  keras     Keras 3 on TF: both `model.train_on_batch` after `compile()` (on CPU
+            Keras' jit_compile='auto' means no XLA, as the papers ran) and a
+            custom `tf.function(jit_compile=False)` GradientTape step; the
+            ratio uses the faster of the two (the fastest honest Keras path).
+  torch     PyTorch eager, `torch.set_num_threads(os.cpu_count())`, channels-
+            first inputs (its native layout), Adam(fused=True) when available,
+            OMP_WAIT_POLICY=PASSIVE unless set: on a shared machine torch's
+            spinning OpenMP threads made it 5x slower at load 8 on 2 cores.
+
+Timing: after the warm-up steps, each round runs every framework for `--steps`
+steps in turn (interleaved), `--repeat` rounds; examples/s is taken at the
+median round time. The two S1 nets at full size are slow in jax on CPU
+(seconds per step), so their default is 3 steps per round.
+
+MFU = model FLOPs per train step / median step time / CPU peak FLOP/s, where
+  model FLOPs = 3 x forward FLOPs (backward ~ 2 x forward), forward FLOPs =
+    2 x MACs of the convolutions and dense layers, counted analytically from the
+    layer shapes (pools, activations and the optimizer are not counted; the
+    first layer's input gradient is counted although nobody needs it);
+  peak = cores x clock x FLOPs/cycle/core, cores = os.sched_getaffinity, clock
+    = the highest "cpu MHz" in /proc/cpuinfo (lscpu's max MHz when there is
+    one), FLOPs/cycle/core = 2 FMA pipes x fp32 lanes x 2, lanes from the
+    SIMD flags: 16 for avx512f, except AMD family 25 (Zen 4, which runs 512-bit
+    ops as two 256-bit halves) with 8; 8 for avx2+fma; 4 otherwise.
+    `--peak-gflops` overrides. jax's own `cost_analysis()` FLOPs are printed
+    beside the analytic count as a cross-check.
+
+Run from the repository root. torch is not an avjax dependency: it lives in a
+separate venv that layers it over the project venv (benchmarks/torch_setup.sh):
+  bash benchmarks/torch_setup.sh
+  .venv-bench/bin/python -m benchmarks.train_step --json out/train_step.json
+  .venv/bin/python -m benchmarks.train_step --frameworks jax,jax-fast,keras  # no torch
+`--nets`, `--frameworks`, `--steps`, `--repeat`, `--warmup` (steps) pick what
+runs. `--smoke` runs tiny shapes (tests/test_benchmark_train_step_smoke.py);
+smoke numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# PyTorch's OpenMP threads spin-wait by default. On a shared machine a spinning
+# thread waits for a descheduled peer: torch measured 5x slower at load 8 on 2
+# cores, and its idle spinning would also steal CPU from the next framework.
+# Passive waiting costs nothing on an idle machine; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ["KERAS_BACKEND"] = "tensorflow"  # Keras is the TF baseline here.
+
+import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+
+NETS = ("s1_fusion", "s1_video", "fercnn")
+FRAMEWORKS = ("jax", "jax-fast", "keras", "torch")
+BATCH = 32
+# Targets per net: (min avjax/Keras, min avjax/PyTorch). Issue 4: S1 fusion and
+# FERCNN; issue 8: the S1 video net, and >= 1.0x PyTorch everywhere.
+TARGETS = {"s1_fusion": (1.5, 1.0), "fercnn": (1.5, 1.0), "s1_video": (1.0, 1.0)}
+SLOW_NETS = ("s1_fusion", "s1_video")
+
+
+# --------------------------------------------------------------- net specs
+# A layer is a tuple: ("cmvn",) per-example mean/variance normalisation of each
+# channel over time; ("scale",) uint8 -> float / 255; ("conv", features, kernel,
+# padding) + ReLU; ("pool", window, strides, padding) max-pool; ("dropout", rate);
+# ("flatten",); ("dense", width, relu: bool).
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch:
+  key: str
+  shape: tuple[int, ...]  # Channels-last, without the batch.
+  dtype: str
+  layers: tuple[tuple, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+  name: str
+  branches: tuple[Branch, ...]
+  head: tuple[tuple, ...]  # After concatenating the branch outputs; ends in the logits.
+  num_classes: int
+  avjax_source: str = ""
+
+
+def _s1_audio_layers(audio) -> tuple:
+  layers = [("cmvn",)] if audio.cmvn else []
+  for width in audio.features:
+    layers += [("conv", width, (audio.kernel_size,), "same"),
+               ("pool", (audio.pool_size,), (audio.pool_size,), "valid")]
+  return tuple(layers + [("flatten",)] + [("dense", w, True) for w in audio.hidden])
+
+
+def _s1_video_layers(video) -> tuple:
+  layers = [("scale",)]
+  for i, width in enumerate(video.features):
+    layers.append(("conv", width, tuple(video.kernel_size), "same"))
+    if i in video.pool_after:
+      layers.append(("pool", tuple(video.pool_size), tuple(video.pool_size), "valid"))
+  return tuple(layers + [("flatten",)] + [("dense", w, True) for w in video.hidden])
+
+
+FERCNN_LAYERS = (
+    ("conv", 256, (3,), "valid"), ("pool", (3,), (3,), "valid"),
+    ("conv", 128, (3,), "valid"), ("pool", (3,), (3,), "valid"), ("dropout", 0.2),
+    ("conv", 64, (3,), "valid"), ("pool", (3,), (3,), "valid"), ("dropout", 0.2),
+    # The paper's "pool keeping (3)" / "(1)": pool 3, stride 1, 'same'.
+    ("conv", 64, (3,), "valid"), ("pool", (3,), (1,), "same"),
+    ("conv", 32, (3,), "valid"), ("pool", (3,), (1,), "same"),
+    ("flatten",), ("dense", 256, True), ("dropout", 0.2))
+
+
+def s1_branch_kwargs(smoke: bool) -> tuple[dict, dict, dict]:
+  """Input shapes and video widths: the paper's, or tiny ones for --smoke."""
+  if smoke:
+    return {"mfcc": (24, 20), "frames3d": (6, 12, 10, 1)}, {}, {"features": (4, 4, 4, 4)}
+  return {"mfcc": (180, 20), "frames3d": (30, 80, 70, 1)}, {}, {}
+
+
+def build_specs(smoke: bool) -> dict[str, NetSpec]:
+  """Specs whose widths come from avjax's own S1 defaults, so the replicas follow them."""
+  from avjax import models
+  shapes, audio_kw, video_kw = s1_branch_kwargs(smoke)
+  audio = models.get_model("sultana_audio", num_classes=8, **audio_kw)
+  video = models.get_model("sultana_video", num_classes=8, **video_kw)
+  a = Branch("mfcc", shapes["mfcc"], "float32", _s1_audio_layers(audio))
+  v = Branch("frames3d", shapes["frames3d"], "uint8", _s1_video_layers(video))
+  return {
+      "s1_fusion": NetSpec("s1_fusion", (a, v), (("dense", 128, True), ("dense", 8, False)), 8),
+      "s1_video": NetSpec("s1_video", (v,), (("dense", 8, False),), 8),
+      "fercnn": NetSpec("fercnn", (Branch("x162", (162, 1), "float32", FERCNN_LAYERS),),
+                        (("dense", 6, False),), 6),
+  }
+
+
+def _out_len(n: int, k: int, s: int, padding: str) -> int:
+  return -(-n // s) if padding == "same" else (n - k) // s + 1
+
+
+def next_shape(shape: tuple[int, ...], layer: tuple) -> tuple[int, ...]:
+  """Channels-last output shape of one layer (without the batch)."""
+  kind = layer[0]
+  if kind == "conv":
+    return tuple(_out_len(n, k, 1, layer[3]) for n, k in zip(shape[:-1], layer[2])) + (layer[1],)
+  if kind == "pool":
+    return tuple(_out_len(n, k, s, layer[3])
+                 for n, k, s in zip(shape[:-1], layer[1], layer[2])) + shape[-1:]
+  if kind == "flatten":
+    return (math.prod(shape),)
+  if kind == "dense":
+    return (layer[1],)
+  return shape
+
+
+def trace(spec: NetSpec) -> tuple[int, int]:
+  """(parameters, forward MACs per example), from the layer shapes."""
+  params = macs = 0
+
+  def run(shape: tuple[int, ...], layers) -> tuple[int, ...]:
+    nonlocal params, macs
+    for layer in layers:
+      out = next_shape(shape, layer)
+      if layer[0] == "conv":
+        params += math.prod(layer[2]) * shape[-1] * layer[1] + layer[1]
+        macs += math.prod(out) * math.prod(layer[2]) * shape[-1]
+      elif layer[0] == "dense":
+        params += shape[0] * layer[1] + layer[1]
+        macs += shape[0] * layer[1]
+      shape = out
+    return shape
+
+  width = sum(run(b.shape, b.layers)[0] for b in spec.branches)
+  run((width,), spec.head)
+  return params, macs
+
+
+# -------------------------------------------------------------------- avjax
+
+
+@contextlib.contextmanager
+def conv_factory(fast: bool):
+  """`jax-fast`: every avjax model convolves with avjax.layers.Conv while traced."""
+  if not fast:
+    yield
+    return
+  from avjax import layers, models
+  previous = models.set_conv_factory(layers.Conv)
+  try:
+    yield
+  finally:
+    models.set_conv_factory(previous)
+
+
+def avjax_model(spec: NetSpec, smoke: bool):
+  """The avjax module for a spec: registered models where avjax has them."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from avjax import models
+  names = models.registered_models()
+  _, audio_kw, video_kw = s1_branch_kwargs(smoke)
+  if spec.name == "s1_video":
+    return models.get_model("sultana_video", num_classes=8, **video_kw), "registered sultana_video"
+  if spec.name == "s1_fusion":
+    fused = [n for n in names if "sultana" in n and "fusion" in n]
+    if fused and not smoke:
+      return models.get_model(fused[0], num_classes=8), f"registered {fused[0]}"
+
+    class S1Fusion(nn.Module):
+      """Both registered branch nets end to end, 64-wide embeddings concatenated."""
+      audio_net: nn.Module
+      video_net: nn.Module
+
+      @nn.compact
+      def __call__(self, inputs, *, train: bool):
+        a = self.audio_net(inputs, train=train)["embedding"]
+        v = self.video_net(inputs, train=train)["embedding"]
+        x = nn.relu(nn.Dense(128)(jnp.concatenate([a, v], axis=-1)))
+        return {"logits": nn.Dense(8)(x)}
+
+    return (S1Fusion(models.get_model("sultana_audio", num_classes=8, **audio_kw),
+                     models.get_model("sultana_video", num_classes=8, **video_kw)),
+            "registered sultana_audio + sultana_video; fusion head defined here")
+  fer = [n for n in names if "fercnn" in n.lower()]
+  if fer:
+    return models.get_model(fer[0], num_classes=6), f"registered {fer[0]}"
+
+  class FERCNN(nn.Module):
+    """S2's FERCNN from the spec, convolutions through avjax.models.conv."""
+
+    @nn.compact
+    def __call__(self, inputs, *, train: bool):
+      x = jnp.asarray(inputs["x162"], jnp.float32)
+      for layer in spec.branches[0].layers + spec.head:
+        x = _linen_layer(layer, x, train)
+      return {"logits": x}
+
+  return FERCNN(), "benchmark-local definition (linen + avjax.models.conv)"
+
+
+def _linen_layer(layer: tuple, x, train: bool):
+  import flax.linen as nn
+
+  from avjax import models
+  kind = layer[0]
+  if kind == "conv":
+    return nn.relu(models.conv(layer[1], layer[2], padding=layer[3].upper())(x))
+  if kind == "pool":
+    return nn.max_pool(x, layer[1], strides=layer[2], padding=layer[3].upper())
+  if kind == "dropout":
+    return nn.Dropout(layer[1], deterministic=not train)(x)
+  if kind == "flatten":
+    return x.reshape((x.shape[0], -1))
+  if kind == "dense":
+    y = nn.Dense(layer[1])(x)
+    return nn.relu(y) if layer[2] else y
+  raise ValueError(f"no linen layer for {layer}")
+
+
+def make_jax(spec: NetSpec, batch: dict, smoke: bool, fast: bool) -> dict:
+  """A compiled, donated train step; returns the runner and what it found."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  with conv_factory(fast):
+    model, source = avjax_model(spec, smoke)
+    inputs = {k: v for k, v in batch.items() if k != "label"}
+    if "mfcc" in inputs:  # What the trainer feeds the audio net.
+      inputs["mfcc_mask"] = np.ones(inputs["mfcc"].shape[:2], np.float32)
+    params = jax.jit(lambda k: model.init({"params": k, "dropout": k}, inputs,
+                                          train=False)["params"])(jax.random.PRNGKey(0))
+    tx = optax.adam(1e-3)
+
+    def loss_fn(p, b, rng):
+      out = model.apply({"params": p}, {k: v for k, v in b.items() if k != "label"},
+                        train=True, rngs={"dropout": rng})
+      return optax.softmax_cross_entropy_with_integer_labels(
+          out["logits"].astype(jnp.float32), b["label"]).mean()
+
+    def step(state, b):
+      p, o, i = state
+      loss, grads = jax.value_and_grad(loss_fn)(p, b, jax.random.fold_in(
+          jax.random.PRNGKey(1), i))
+      updates, o = tx.update(grads, o, p)
+      return (optax.apply_updates(p, updates), o, i + 1), loss
+
+    dev_batch = jax.device_put({**inputs, "label": batch["label"]})
+    state = (params, tx.init(params), jnp.zeros((), jnp.int32))
+    compiled = jax.jit(step, donate_argnums=0).lower(state, dev_batch).compile()
+    # Parameters no gradient reaches (the branch nets' own 8-way heads, which
+    # the fusion net never uses) are reported, not compared: Adam leaves a
+    # parameter whose gradient is zero exactly as it was, so one step shows them.
+    before = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
+    state, loss = compiled(state, dev_batch)
+    loss.block_until_ready()
+    unused = sum(b.size for b, a in zip(before, jax.tree_util.tree_leaves(state[0]))
+                 if np.array_equal(b, np.asarray(a)))
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  holder = {"state": state}
+
+  def run(steps: int) -> None:
+    loss = None
+    for _ in range(steps):
+      holder["state"], loss = compiled(holder["state"], dev_batch)
+    loss.block_until_ready()
+
+  conv_cls = "avjax.layers.Conv" if fast else _factory_name()
+  return {"run": run, "params": sum(b.size for b in before) - unused, "unused_params": unused,
+          "note": f"{source}; conv={conv_cls}",
+          "xla_flops": float((cost or {}).get("flops", float("nan")))}
+
+
+def _factory_name() -> str:
+  from avjax import models
+  factory = models._CONV_FACTORY  # pylint: disable=protected-access
+  return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__name__', factory)}"
+
+
+# -------------------------------------------------------------------- Keras
+
+
+def make_keras(spec: NetSpec, batch: dict) -> list[dict]:
+  """train_on_batch and a custom tf.function step on the same model."""
+  import keras
+  import tensorflow as tf
+  from keras import layers as kl
+
+  def block(layer: tuple, x):
+    kind = layer[0]
+    if kind == "cmvn":
+      return kl.Lambda(lambda t: (t - keras.ops.mean(t, axis=1, keepdims=True))
+                       * keras.ops.rsqrt(keras.ops.var(t, axis=1, keepdims=True) + 1e-5))(x)
+    if kind == "scale":
+      return kl.Rescaling(1.0 / 255.0)(x)
+    if kind == "conv":
+      cls = {1: kl.Conv1D, 2: kl.Conv2D, 3: kl.Conv3D}[len(layer[2])]
+      return cls(layer[1], layer[2], padding=layer[3], activation="relu")(x)
+    if kind == "pool":
+      cls = {1: kl.MaxPooling1D, 2: kl.MaxPooling2D, 3: kl.MaxPooling3D}[len(layer[1])]
+      return cls(layer[1], strides=layer[2], padding=layer[3])(x)
+    if kind == "dropout":
+      return kl.Dropout(layer[1])(x)
+    if kind == "flatten":
+      return kl.Flatten()(x)
+    if kind == "dense":
+      return kl.Dense(layer[1], activation="relu" if layer[2] else None)(x)
+    raise ValueError(layer)
+
+  def build():
+    keras.utils.set_random_seed(0)
+    inputs, outs = {}, []
+    for b in spec.branches:
+      x = inputs[b.key] = keras.Input(b.shape, dtype=b.dtype, name=b.key)
+      for layer in b.layers:
+        x = block(layer, x)
+      outs.append(x)
+    x = outs[0] if len(outs) == 1 else kl.Concatenate()(outs)
+    for layer in spec.head:
+      x = block(layer, x)
+    return keras.Model(inputs, x)
+
+  x = {b.key: batch[b.key] for b in spec.branches}
+  y = batch["label"]
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  fit_model = build()
+  fit_model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+
+  def run_fit(steps: int) -> None:
+    for _ in range(steps):
+      fit_model.train_on_batch(x, y)
+
+  step_model = build()
+  opt = keras.optimizers.Adam(1e-3)
+  opt.build(step_model.trainable_variables)
+  tx = {k: tf.constant(v) for k, v in x.items()}
+  ty = tf.constant(y)
+
+  @tf.function(jit_compile=False)
+  def tf_step(xb, yb):
+    with tf.GradientTape() as tape:
+      value = loss(yb, step_model(xb, training=True))
+    grads = tape.gradient(value, step_model.trainable_variables)
+    opt.apply(grads, step_model.trainable_variables)
+    return value
+
+  def run_step(steps: int) -> None:
+    value = None
+    for _ in range(steps):
+      value = tf_step(tx, ty)
+    value.numpy()
+
+  params = int(sum(np.prod(v.shape) for v in fit_model.trainable_variables))
+  return [{"name": "keras-fit", "run": run_fit, "params": params,
+           "note": f"keras {keras.__version__} / TF {tf.__version__}: train_on_batch, "
+                   f"jit_compile={fit_model.jit_compile}"},
+          {"name": "keras-step", "run": run_step, "params": params,
+           "note": "custom tf.function(jit_compile=False) GradientTape + Adam"}]
+
+
+# ------------------------------------------------------------------ PyTorch
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # noqa: F401  pylint: disable=unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def make_torch(spec: NetSpec, batch: dict) -> dict:
+  import torch
+  from torch import nn
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  torch.manual_seed(0)
+
+  class Lambda(nn.Module):
+    def __init__(self, fn):
+      super().__init__()
+      self.fn = fn
+
+    def forward(self, x):
+      return self.fn(x)
+
+  def cmvn(t):  # Channels-first: time is the last axis.
+    mean = t.mean(dim=-1, keepdim=True)
+    return (t - mean) * torch.rsqrt(t.var(dim=-1, unbiased=False, keepdim=True) + 1e-5)
+
+  def sequential(shape: tuple[int, ...], layers) -> tuple[nn.Module, tuple[int, ...]]:
+    mods = []
+    for layer in layers:
+      kind, channels = layer[0], shape[-1]
+      if kind == "cmvn":
+        mods.append(Lambda(cmvn))
+      elif kind == "scale":
+        mods.append(Lambda(lambda t: t.float() / 255.0))
+      elif kind == "conv":
+        cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(layer[2])]
+        mods += [cls(channels, layer[1], layer[2], padding=layer[3]), nn.ReLU()]
+      elif kind == "pool":
+        _, w, s, padding = layer
+        if padding == "same" and any(ss != 1 or kk % 2 == 0 for kk, ss in zip(w, s)):
+          raise ValueError(f"torch 'same' pooling only for odd windows, stride 1: {layer}")
+        cls = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[len(w)]
+        pad = tuple(kk // 2 for kk in w) if padding == "same" else 0
+        mods.append(cls(w, s, padding=pad))
+      elif kind == "dropout":
+        mods.append(nn.Dropout(layer[1]))
+      elif kind == "flatten":
+        mods.append(nn.Flatten())
+      elif kind == "dense":
+        mods.append(nn.Linear(shape[0], layer[1]))
+        if layer[2]:
+          mods.append(nn.ReLU())
+      shape = next_shape(shape, layer)
+    return nn.Sequential(*mods), shape[0]
+
+  class Net(nn.Module):
+    def __init__(self):
+      super().__init__()
+      built = [sequential(b.shape, b.layers) for b in spec.branches]
+      self.branches = nn.ModuleList([m for m, _ in built])
+      self.head, _ = sequential((sum(w for _, w in built),), (("flatten",),) + spec.head)
+
+    def forward(self, *xs):
+      outs = [m(x) for m, x in zip(self.branches, xs)]
+      return self.head(outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1))
+
+  model = Net()
+  model.train()
+  try:
+    opt, adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True), "fused"
+  except (RuntimeError, TypeError, ValueError):
+    opt, adam = torch.optim.Adam(model.parameters(), lr=1e-3), "default"
+  # Channels-first, torch's native layout, prepared outside the timed step.
+  xs = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch[b.key], -1, 1)))
+        for b in spec.branches]
+  y = torch.from_numpy(batch["label"].astype(np.int64))
+  loss_fn = nn.CrossEntropyLoss()
+
+  def run(steps: int) -> None:
+    for _ in range(steps):
+      opt.zero_grad(set_to_none=True)
+      loss_fn(model(*xs), y).backward()
+      opt.step()
+
+  return {"run": run, "params": int(sum(p.numel() for p in model.parameters())),
+          "note": f"torch {torch.__version__} eager, {torch.get_num_threads()} threads, "
+                  f"Adam {adam}"}
+
+
+# ---------------------------------------------------------------- CPU peak
+
+
+def cpu_peak() -> tuple[float, str]:
+  """Peak fp32 FLOP/s of the CPUs this process may use, and how it was taken."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  try:
+    info = open("/proc/cpuinfo", encoding="utf-8").read()
+  except OSError:
+    info = ""
+  flags = set((re.search(r"^flags\s*:(.*)$", info, re.M) or [None, ""])[1].split())
+  vendor = (re.search(r"^vendor_id\s*:\s*(\S+)", info, re.M) or [None, "?"])[1]
+  family = int((re.search(r"^cpu family\s*:\s*(\d+)", info, re.M) or [None, "0"])[1])
+  mhz = max([float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", info, re.M)] or [0.0])
+  clock_src = "max 'cpu MHz' in /proc/cpuinfo"
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    found = re.search(r"^CPU max MHz:\s*([\d.]+)", out, re.M)
+    if found and float(found.group(1)) > 0:
+      mhz, clock_src = float(found.group(1)), "lscpu 'CPU max MHz'"
+  except (OSError, subprocess.SubprocessError):
+    pass
+  if "avx512f" in flags and not (vendor == "AuthenticAMD" and family == 25):
+    lanes, simd = 16, "avx512f"
+  elif "avx512f" in flags:
+    lanes, simd = 8, "avx512f on AMD family 25 (Zen 4: 512-bit ops as 2x256-bit)"
+  elif "avx2" in flags and "fma" in flags:
+    lanes, simd = 8, "avx2+fma"
+  else:
+    lanes, simd = 4, "sse"
+  per_cycle = 2 * lanes * 2
+  peak = cores * mhz * 1e6 * per_cycle
+  how = (f"peak = {cores} cores x {mhz / 1000:.3f} GHz ({clock_src}) x {per_cycle} fp32 "
+         f"FLOPs/cycle/core (2 FMA pipes x {lanes} lanes x 2; {simd}; {vendor} family "
+         f"{family}) = {peak / 1e9:.1f} GFLOP/s")
+  return peak, how
+
+
+# -------------------------------------------------------------------- main
+
+
+def make_batch(spec: NetSpec, batch_size: int) -> dict:
+  rng = np.random.default_rng(0)
+  batch = {}
+  for b in spec.branches:
+    shape = (batch_size, *b.shape)
+    batch[b.key] = (rng.integers(0, 256, shape, dtype=np.uint8) if b.dtype == "uint8"
+                    else rng.standard_normal(shape, dtype=np.float32))
+  batch["label"] = rng.integers(0, spec.num_classes, (batch_size,), dtype=np.int32)
+  return batch
+
+
+def bench_net(spec: NetSpec, frameworks: Sequence[str], *, batch_size: int, steps: int,
+              repeat: int, warmup: int, smoke: bool, peak: float) -> dict:
+  batch = make_batch(spec, batch_size)
+  params, macs = trace(spec)
+  train_flops = 3 * 2 * macs * batch_size
+  print(f"\n== {spec.name}: batch {batch_size}, inputs "
+        + ", ".join(f"{b.key} {(batch_size, *b.shape)} {b.dtype}" for b in spec.branches)
+        + f"; {steps} steps x {repeat} rounds after {warmup} warm-up steps", flush=True)
+  runners: list[dict] = []
+  for fw in frameworks:
+    start = time.perf_counter()
+    if fw in ("jax", "jax-fast"):
+      runners.append({"name": fw, **make_jax(spec, batch, smoke, fw == "jax-fast")})
+    elif fw == "keras":
+      runners += make_keras(spec, batch)
+    elif fw == "torch":
+      runners.append({"name": "torch", **make_torch(spec, batch)})
+    print(f"  built {fw} in {time.perf_counter() - start:.1f} s", flush=True)
+  for r in runners:  # Warm-up: Keras traces, torch allocates; jax is compiled.
+    start = time.perf_counter()
+    r["run"](warmup)
+    print(f"  warm-up {r['name']}: {warmup} steps in {time.perf_counter() - start:.1f} s",
+          flush=True)
+  ms: dict[str, common.Measurement] = {}
+  for rnd in range(repeat):  # Interleaved: each round times every framework once.
+    for r in runners:
+      m = common.measure(r["name"], lambda r=r: r["run"](steps), items=steps * batch_size,
+                         unit="examples", note=r["note"])
+      if r["name"] in ms:
+        ms[r["name"]].extend(m)
+      else:
+        ms[r["name"]] = m
+      print(f"  round {rnd + 1}/{repeat} {r['name']}: {m.rate:.2f} examples/s", flush=True)
+
+  print(f"\n{spec.name}: analytic params {params:,}; train FLOPs/step = 3 x 2 x "
+        f"{macs:,} MACs x {batch_size} = {train_flops / 1e9:.2f} GFLOP")
+  for r in runners:
+    if "xla_flops" in r:
+      print(f"  {r['name']}: XLA cost_analysis {r['xla_flops'] / 1e9:.2f} GFLOP/step "
+            f"({r['xla_flops'] / train_flops:.2f}x analytic)")
+  rows = []
+  for r in runners:
+    m = ms[r["name"]]
+    mfu = train_flops / m.median * steps / peak
+    rows.append((r["name"], f"{m.rate:.2f}", f"{m.median / steps:.4f}", len(m.times),
+                 f"{r['params']:,}", f"{100 * mfu:.2f}%", f"{statistics.mean(m.load):.1f}",
+                 r["note"] + (f"; +{r['unused_params']:,} params no gradient reaches"
+                              if r.get("unused_params") else "")))
+  common.print_table(rows, ["framework", "examples/s", "s/step", "rounds", "params",
+                            "MFU", "load", "note"])
+  counts = {r["name"]: r["params"] for r in runners}
+  mismatched = {k: v for k, v in counts.items() if v != params}
+  assert not mismatched, f"{spec.name}: parameter counts differ from {params:,}: {mismatched}"
+  if spec.name == "fercnn" and not smoke:
+    assert params == 152_614, params
+
+  ratios = []
+  keras_best = max((ms[k] for k in ("keras-fit", "keras-step") if k in ms),
+                   key=lambda m: m.rate, default=None)
+  want_keras, want_torch = TARGETS[spec.name]
+  for jx in ("jax", "jax-fast"):
+    if jx not in ms:
+      continue
+    if keras_best is not None:
+      ratios.append(common.ratio_line(
+          ms[jx].rate / keras_best.rate,
+          f"{spec.name} {jx} / {keras_best.name} examples/s", at_least=want_keras))
+    if "torch" in ms:
+      ratios.append(common.ratio_line(ms[jx].rate / ms["torch"].rate,
+                                      f"{spec.name} {jx} / torch examples/s",
+                                      at_least=want_torch))
+  return {"net": spec.name, "batch_size": batch_size, "steps": steps, "params": params,
+          "forward_macs_per_example": macs, "train_flops_per_step": train_flops,
+          "param_counts": counts,
+          "xla_flops": {r["name"]: r["xla_flops"] for r in runners if "xla_flops" in r},
+          "measurements": [ms[r["name"]].to_json() for r in runners],
+          "mfu": {r["name"]: train_flops * steps / ms[r["name"]].median / peak
+                  for r in runners},
+          "ratios": ratios}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  parser = common.base_parser(__doc__.split("\n\n")[0])
+  parser.description = __doc__
+  parser.formatter_class = argparse.RawDescriptionHelpFormatter
+  parser.add_argument("--nets", default=",".join(NETS), help="comma list of " + ", ".join(NETS))
+  parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                      help="comma list of " + ", ".join(FRAMEWORKS))
+  parser.add_argument("--steps", type=int, default=None,
+                      help="timed steps per round (default: 3 for the S1 nets, 30 FERCNN)")
+  parser.add_argument("--batch-size", type=int, default=None)
+  parser.add_argument("--peak-gflops", type=float, default=None,
+                      help="CPU peak fp32 GFLOP/s, instead of the /proc/cpuinfo estimate")
+  args = parser.parse_args(argv)
+  nets = [n for n in args.nets.split(",") if n]
+  frameworks = [f for f in args.frameworks.split(",") if f]
+  bad = [n for n in nets if n not in NETS] + [f for f in frameworks if f not in FRAMEWORKS]
+  if bad:
+    parser.error(f"unknown nets/frameworks {bad}")
+  if "torch" in frameworks and not torch_available():
+    sys.exit("torch is not importable here. It is not an avjax dependency: run\n"
+             "  bash benchmarks/torch_setup.sh\n"
+             "  .venv-bench/bin/python -m benchmarks.train_step ...\n"
+             "or leave it out: --frameworks jax,jax-fast,keras")
+  smoke = args.smoke
+  batch_size = args.batch_size or (4 if smoke else BATCH)
+  repeat = args.repeat or (1 if smoke else 3)
+  warmup = args.warmup if args.warmup is not None else (1 if smoke else 2)
+
+  import jax
+  peak, how = cpu_peak()
+  if args.peak_gflops:
+    peak, how = args.peak_gflops * 1e9, f"peak = {args.peak_gflops} GFLOP/s (--peak-gflops)"
+  print(f"train-step benchmark: jax {jax.__version__} ({jax.default_backend()}), "
+        f"cpus={os.cpu_count()}, load={common.load_average():.1f}"
+        + ("  [SMOKE: numbers mean nothing]" if smoke else ""))
+  print(how)
+  specs = build_specs(smoke)
+  payload = {"benchmark": "train_step", "smoke": smoke, "machine": common.machine(),
+             "peak_flops": peak, "peak_how": how, "repeat": repeat, "warmup": warmup,
+             "results": []}
+  for name in nets:
+    steps = args.steps or (1 if smoke else (3 if name in SLOW_NETS else 30))
+    payload["results"].append(bench_net(
+        specs[name], frameworks, batch_size=batch_size, steps=steps, repeat=repeat,
+        warmup=warmup, smoke=smoke, peak=peak))
+  payload["machine_end"] = common.machine()
+  common.write_json(args.json, payload)
+  return payload
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
