@@ -14,8 +14,6 @@ from input_pipeline.errors import InputError
 from input_pipeline.loader import open_prepared
 from input_pipeline.prepare import prepare
 
-pytest.importorskip("apache_beam")
-
 
 def _by_take(builder) -> dict[str, tuple[str, dict]]:
   out = {}
