@@ -132,10 +132,10 @@ def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants):
     print(f"  {name:18s} {op:6s} xla {tx * 1e3:9.2f} ms   cpu-path {tc * 1e3:9.2f} ms"
           f"   xla/cpu {tx / tc:5.2f}x", flush=True)
   if variants:
-    cpu_passes = _passes("cpu", padding)
     for vname, (op, settings) in _variants(ksize, padding).items():
       base = dict((r[0], r[1]) for r in rows)[op]
-      fn = jax.jit(cpu_passes[op])
+      # A fresh function per variant: jit caches traces by function identity.
+      fn = jax.jit(_passes("cpu", padding)[op])
       _with_settings(settings, fn)(x, w, g)  # traced and compiled with the settings
       tv = _timeit(fn, (x, w, g), reps)
       print(f"  {name:18s} {op:6s} variant '{vname}': {tv * 1e3:9.2f} ms"

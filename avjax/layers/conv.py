@@ -10,8 +10,7 @@ runs well (numbers: benchmarks/conv_ops.py):
 - forward: im2col + one GEMM per chunk, kernel^T (O, K*C) @ patches^T (K*C, N),
   the patch matrix built directly in that layout; except when both channel
   counts are <= 16, where XLA:CPU's 2D convolution is at its best and a 3D conv
-  becomes a sum over the depth taps of 2D convs on (batch * depth) planes
-  (1D/2D keep XLA's own conv there);
+  becomes a sum over the depth taps of 2D convs on (batch * depth) planes;
 - input gradient: the transposed convolution written as a stride-1 convolution
   of the zero-interleaved, padded output gradient with the flipped kernel, so it
   goes through the same fast forward;
@@ -20,6 +19,10 @@ runs well (numbers: benchmarks/conv_ops.py):
 
 Patch chunks are cut over batch, then over output rows, to about 16 MiB: that
 keeps them near cache and bounds memory (a 3x3x3 patch matrix is 27x its input).
+
+That is the 3D path. For 1D and 2D we measured no consistent win over XLA's own
+convolution and gradients, so there 'cpu' means plain XLA by default; the same
+formulations stay available (and tested) through `_CPU_FORWARD`/`_CPU_WGRAD`.
 
 On TPU and GPU (`impl='auto'`) nothing changes: `lax.conv_general_dilated`.
 `benchmarks/conv_ops.py` measures each pass against plain XLA.
@@ -57,9 +60,10 @@ _IM2COL_MAX_COLUMNS = 32
 # depth-shifted 2D convs when both channel counts are <= 16, where XLA:CPU's 2D
 # convolution is at its best, else im2col + GEMM. 'xla', 'shift' and 'im2col'
 # force one (benchmarks/conv_ops.py --variants times them). For 1D and 2D our
-# measurements showed no consistent win over XLA's own convolution and its
-# derived gradients (2D 96->32 at 64x64: XLA 51 ms forward, im2col 74 ms), so
-# there the CPU path is plain XLA unless these tables are changed.
+# measurements showed no win over XLA's own convolution and its derived
+# gradients (2D 96->32 at 64x64, batch 16: XLA 76 ms forward, im2col 342 ms;
+# FERCNN's Conv1D layers: im2col 0.4x XLA), so there the CPU path is plain XLA
+# unless these tables are changed.
 _CPU_FORWARD = {1: "xla", 2: "xla", 3: "auto"}
 
 # Weight gradient per dimensionality: 'im2col' (patches^T @ grad) or 'xla'
@@ -329,14 +333,14 @@ def conv_nd(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
   `precision` only applies to the XLA path (the CPU path accumulates in f32).
   """
   n = kernel.ndim - 2
+  if n not in (1, 2, 3):
+    raise ValueError(f"only 1D, 2D and 3D convolutions are supported, got {n}D")
   if x.ndim != n + 2:
     raise ValueError(f"a {n}D kernel needs (batch, *{n} spatial, channels) input, "
                      f"got shape {x.shape}")
   strides = _tuple(strides, n, "strides")
   dilation = _tuple(dilation, n, "dilation")
   pads = explicit_padding(padding, x.shape[1:-1], kernel.shape[:n], strides, dilation)
-  if n not in (1, 2, 3):
-    raise ValueError(f"only 1D, 2D and 3D convolutions are supported, got {n}D")
   plain_on_cpu = _CPU_FORWARD[n] == "xla" and _CPU_WGRAD[n] == "xla"
   if resolve_impl(impl) == "xla" or plain_on_cpu:
     return lax.conv_general_dilated(
@@ -355,7 +359,8 @@ class Conv(nn.Module):
     strides, kernel_dilation: ints or per-axis tuples.
     padding: 'SAME', 'VALID' or a sequence of (low, high) pairs.
     impl: 'auto' (by backend), 'xla' (plain `lax.conv_general_dilated`) or
-      'cpu' (the CPU formulation, on any backend; used by the tests).
+      'cpu' (the CPU formulation on any backend, e.g. in tests; for 1D/2D that
+      is plain XLA unless `_CPU_FORWARD`/`_CPU_WGRAD` say otherwise).
   """
   features: int
   kernel_size: Sequence[int]
