@@ -83,6 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.feature_set = "frames3d_gray_80x70x30"
     num_epochs = 20
   c.model.dropout_rate = 0.0
+  # Convolution implementation: 'auto' takes the fast CPU formulation on CPU and
+  # plain XLA convolutions on TPU/GPU; 'xla' or 'cpu' force one.
+  c.model.conv_impl = "auto"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "cross_entropy"

@@ -16,13 +16,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avjax import layers
 from avjax.errors import UserError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
-# The one place models get their convolution layer from: a later issue swaps in a
-# faster CPU convolution for every model by changing this, not each network.
-_CONV_FACTORY: Callable[..., nn.Module] = nn.Conv
+# The one place models get their convolution layer from: avjax.layers.Conv, which
+# takes the fast CPU formulation on CPU and plain `lax.conv_general_dilated` on
+# TPU/GPU. `set_conv_impl` overrides the automatic choice (config: model.conv_impl).
+_CONV_FACTORY: Callable[..., nn.Module] = layers.Conv
+_CONV_IMPL = "auto"
 
 
 def conv_kernel_init(key, shape, dtype=jnp.float32):
@@ -42,7 +45,26 @@ def conv_kernel_init(key, shape, dtype=jnp.float32):
 def conv(features: int, kernel_size, **kwargs: Any) -> nn.Module:
   """Builds a convolution (1D, 2D or 3D from len(kernel_size)) via the factory."""
   kwargs.setdefault("kernel_init", conv_kernel_init)
+  if _CONV_FACTORY is layers.Conv:
+    kwargs.setdefault("impl", _CONV_IMPL)
   return _CONV_FACTORY(features=features, kernel_size=tuple(kernel_size), **kwargs)
+
+
+def max_pool(x, window, strides=None, padding="VALID"):
+  """Max-pool with the same implementation choice as `conv` (a fast CPU gradient
+  for tiled windows, `flax.linen.max_pool` elsewhere)."""
+  return layers.max_pool(x, tuple(window), None if strides is None else tuple(strides),
+                         padding, impl=_CONV_IMPL)
+
+
+def set_conv_impl(impl: str) -> str:
+  """'auto' (by backend), 'xla' or 'cpu' for every model built after; returns the
+  previous setting."""
+  global _CONV_IMPL
+  if impl not in layers.conv.IMPLS:
+    raise UserError(f"model.conv_impl must be one of {layers.conv.IMPLS}, got {impl!r}")
+  previous, _CONV_IMPL = _CONV_IMPL, impl
+  return previous
 
 
 def set_conv_factory(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from avjax.models import conv, register_model
+from avjax.models import conv, max_pool, register_model
 
 Array = Any
 
@@ -74,7 +74,7 @@ class Conv1DAudioNet(nn.Module):
     x = (x * mask).astype(self.dtype)
     for width in self.features:
       x = nn.relu(conv(width, (self.kernel_size,), padding="SAME", dtype=self.dtype)(x))
-      x = nn.max_pool(x, (self.pool_size,), strides=(self.pool_size,))
+      x = max_pool(x, (self.pool_size,), strides=(self.pool_size,))
     return _Head(tuple(self.hidden), self.num_classes, self.dropout_rate,
                  self.dtype)(x, train=train)
 
@@ -100,6 +100,6 @@ class Conv3DVideoNet(nn.Module):
       x = nn.relu(conv(width, tuple(self.kernel_size), padding="SAME",
                        dtype=self.dtype)(x))
       if i in self.pool_after:
-        x = nn.max_pool(x, tuple(self.pool_size), strides=tuple(self.pool_size))
+        x = max_pool(x, tuple(self.pool_size), strides=tuple(self.pool_size))
     return _Head(tuple(self.hidden), self.num_classes, self.dropout_rate,
                  self.dtype)(x, train=train)

@@ -144,7 +144,9 @@ def _schedule_lengths(config, info) -> tuple[int, int]:
 
 
 def make_model(config, num_classes: int) -> nn.Module:
-  kwargs = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "inputs")}
+  kwargs = {k: v for k, v in config.model.to_dict().items()
+            if k not in ("name", "inputs", "conv_impl")}
+  models.set_conv_impl(config.model.get("conv_impl", "auto"))
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   dtype = config.train.get("compute_dtype", "float32")
   if dtype not in _DTYPES:
