@@ -168,3 +168,46 @@ def test_unknown_feature_set_and_missing_dir_are_one_line_errors(tmp_path, synth
     prepare("ravdess", str(synth_corpus), str(tmp_path), "nosuch")
   with pytest.raises(InputError, match="does not exist"):
     prepare("ravdess", str(tmp_path / "missing"), str(tmp_path), "mfcc")
+
+
+def test_folder_builder_reads_labels_csv(tmp_path, synth_corpus, fixtures_dir):
+  """A user's own clips: mixed containers, a take made of two files, and rows
+  that cannot be used, each reported."""
+  manual = tmp_path / "manual"
+  clips = manual / "clips"
+  clips.mkdir(parents=True)
+  mp4s = sorted((synth_corpus / "Actor_01").glob("01-*.mp4"))[:2]
+  shutil.copy(mp4s[0], clips / "anna_happy.mp4")
+  shutil.copy(mp4s[1], clips / "anna_sad.mp4")
+  wav = sorted((synth_corpus / "Actor_01").glob("03-*.wav"))[1]
+  shutil.copy(wav, clips / "anna_sad.wav")  # Same take as anna_sad.mp4.
+  flv = sorted((fixtures_dir / "crema_d" / "VideoFlash").glob("*ANG*.flv"))[0]
+  shutil.copy(flv, clips / "ben_angry.flv")
+  (clips / "stray.mp4").write_bytes(b"")  # Not listed: reported as ignored.
+  rows = ["file,label,actor,sex,take",
+          "clips/anna_happy.mp4,happy,1,female,",
+          "clips/anna_sad.mp4,sad,1,female,anna_sad",
+          "clips/anna_sad.wav,sad,1,female,anna_sad",
+          "clips/ben_angry.flv,Angry,2,male,",
+          "clips/missing.mp4,happy,2,male,",
+          "clips/anna_happy.mp4,happy,abc,female,y",
+          "clips/ben_angry.flv,sad,2,male,conflict",
+          "clips/anna_sad.wav,happy,2,male,conflict"]
+  (manual / "labels.csv").write_text("\n".join(rows) + "\n")
+  report = prepare("folder", str(manual), str(tmp_path / "data"), "mfcc", workers=1,
+                   progress=False)
+  assert report.prepared == 3 and len(report.skipped) == 3
+  assert report.prepared + len(report.skipped) == report.found
+  reasons = " | ".join(s["reason"] for s in report.skipped)
+  for expected in ("not found", "not an integer", "rows of one take disagree"):
+    assert expected in reasons
+  assert [os.path.basename(p) for p in report.ignored_files] == ["stray.mp4"]
+  builder = open_prepared(str(tmp_path / "data"), "folder", "mfcc")
+  names = builder.info.features["label"].names
+  assert list(names) == ["happy", "sad", "angry"]  # Known emotions keep RAVDESS order.
+  got = {ex["take_id"].decode(): (names[ex["label"]], int(ex["actor"]),
+                                  ex["source_files"].decode())
+         for _, ex in _all_examples(builder)}
+  assert got["anna_sad"] == ("sad", 1, "anna_sad.mp4;anna_sad.wav")
+  assert got["clips__ben_angry"][:2] == ("angry", 2)
+  assert got["clips__anna_happy"][:2] == ("happy", 1)

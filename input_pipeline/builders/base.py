@@ -513,7 +513,7 @@ def add_file(files: dict, kind, path: str, skipped: list[Skip]) -> None:
 def walk_files(root: str) -> list[str]:
   out = []
   for dirpath, dirnames, filenames in os.walk(root):
-    dirnames.sort()
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
     for f in sorted(filenames):
       if not f.startswith("."):
         out.append(os.path.join(dirpath, f))
