@@ -28,6 +28,7 @@ from input_pipeline.builders.folder import class_names_from_labels
 from input_pipeline.errors import InputError
 
 REPORT_FILE = "prepare_report.json"
+FAILED_REPORT_FILE = "prepare_report.failed.json"  # when no example could be made
 
 
 @dataclasses.dataclass
@@ -109,25 +110,40 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
         beam_options=pipeline_options(beam_options))
   if not progress:
     tfds.disable_progress_bar()
+  def make_report() -> PrepareReport:
+    return PrepareReport(
+        dataset=dataset, feature_set=feature_set, version=str(builder.version),
+        data_path=data_path, manual_dir=manual_dir, found=builder.found,
+        prepared=builder.prepared,
+        skipped=[{"files": list(s.files), "take": s.take_id, "reason": s.reason}
+                 for s in builder.skipped],
+        ignored_files=list(builder.ignored), seconds=time.time() - start)
+
   try:
     builder.download_and_prepare(download_config=config)
+  except InputError as e:
+    if not builder.skipped:
+      raise
+    # Nothing was written, but the reasons must not be lost with the run.
+    failed = os.path.join(os.path.dirname(data_path), FAILED_REPORT_FILE)
+    _write_json(make_report().to_json(), failed)
+    raise InputError(e.path, f"{e.cause}; every skipped file and its reason: {failed}") from e
   finally:
     builder.cleanup()
-  report = PrepareReport(
-      dataset=dataset, feature_set=feature_set, version=str(builder.version),
-      data_path=data_path, manual_dir=manual_dir, found=builder.found,
-      prepared=builder.prepared,
-      skipped=[{"files": list(s.files), "take": s.take_id, "reason": s.reason}
-               for s in builder.skipped],
-      ignored_files=list(builder.ignored), seconds=time.time() - start)
+  report = make_report()
   if report.prepared + len(report.skipped) != report.found:
     raise RuntimeError(f"accounting error: prepared {report.prepared} + skipped "
                        f"{len(report.skipped)} != found {report.found}")
-  tmp = report_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report.to_json(), f, indent=1)
-  os.replace(tmp, report_path)
+  _write_json(report.to_json(), report_path)
   return report
+
+
+def _write_json(obj, path: str) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
 
 
 def pipeline_options(options: Mapping[str, str] | Sequence[str] | None):

@@ -211,3 +211,20 @@ def test_folder_builder_reads_labels_csv(tmp_path, synth_corpus, fixtures_dir):
   assert got["anna_sad"] == ("sad", 1, "anna_sad.mp4;anna_sad.wav")
   assert got["clips__ben_angry"][:2] == ("angry", 2)
   assert got["clips__anna_happy"][:2] == ("happy", 1)
+
+
+def test_all_skipped_still_writes_the_reasons(tmp_path, fixtures_dir):
+  """RAVDESS fixtures hold wavs without video and an mp4 without audio, so an
+  audio-visual set can use none of them: the run fails, but says why for each."""
+  import json
+  with pytest.raises(InputError, match="every clip was skipped") as err:
+    prepare("ravdess", str(fixtures_dir / "ravdess"), str(tmp_path), "keyframe_mel",
+            workers=1, progress=False)
+  failed = tmp_path / "ravdess" / "keyframe_mel" / "prepare_report.failed.json"
+  assert str(failed) in str(err.value)
+  report = json.loads(failed.read_text())
+  media = list((fixtures_dir / "ravdess").rglob("*.wav")) + list(
+      (fixtures_dir / "ravdess").rglob("*.mp4"))
+  assert report["prepared"] == 0 and len(report["skipped"]) == report["found"] == len(media)
+  with pytest.raises(InputError, match="not prepared"):
+    prepared_path(str(tmp_path), "ravdess", "keyframe_mel")

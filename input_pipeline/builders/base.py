@@ -269,8 +269,7 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         else:
           by_actor.setdefault(take.actor, []).append(result)
     if not by_actor:
-      raise InputError(manual_dir, f"every clip was skipped ({len(self.skipped)}); see "
-                                   "the reasons above")
+      raise InputError(manual_dir, f"every clip was skipped ({len(self.skipped)})")
     self.prepared = sum(len(v) for v in by_actor.values())
     return {split_name(actor): self._generate_examples(sorted(paths))
             for actor, paths in sorted(by_actor.items())}
@@ -309,8 +308,7 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       else:
         by_actor.setdefault(take.actor, []).append(take)
     if not by_actor:
-      raise InputError(manual_dir, f"every clip was skipped ({len(self.skipped)}); see "
-                                   "the reasons above")
+      raise InputError(manual_dir, f"every clip was skipped ({len(self.skipped)})")
     # The workers write the pipeline's skip records here, one JSON line each;
     # `_process_pipeline_result` reads them back once the pipeline has run.
     self._skip_dir = os.path.join(
