@@ -84,83 +84,20 @@ def data_config(data_dir: str, batch_size: int, worker_count: int):
 
 
 def fusion_model(smoke: bool):
-  """S1 fusion net from the registered S1 branch nets, or, if `avjax.models` has
-  none yet, an equivalent linen definition of the S1 shapes (labelled)."""
-  import flax.linen as nn
-  import jax.numpy as jnp
-
-  try:
-    from avjax import models
-    names = models.registered_models()
-    fused = [n for n in names if "sultana" in n and "fusion" in n]
-    if fused:
-      return models.get_model(fused[0], num_classes=NUM_CLASSES), f"registered {fused[0]}"
-    small = dict(features=(4, 4, 4, 4)) if smoke else {}
-    audio = models.get_model("sultana_audio", num_classes=NUM_CLASSES)
-    video = models.get_model("sultana_video", num_classes=NUM_CLASSES, **small)
-    source = ("registered sultana_audio + sultana_video, fusion head Dense 128 -> 8 "
-              "defined in the benchmark")
-  except Exception as e:  # noqa: BLE001 - the models are written in parallel.
-    audio, video = _FallbackAudio(), _FallbackVideo(small=smoke)
-    source = (f"FALLBACK linen definition of the S1 shapes in the benchmark "
-              f"(avjax.models not usable: {type(e).__name__}: {e})")
-
-  class S1Fusion(nn.Module):
-    """Both branch nets end to end, their 64-wide embeddings concatenated."""
-    audio_net: nn.Module
-    video_net: nn.Module
-
-    @nn.compact
-    def __call__(self, inputs, *, train: bool):
-      a = self.audio_net(inputs, train=train)["embedding"]
-      v = self.video_net(inputs, train=train)["embedding"]
-      x = nn.relu(nn.Dense(128)(jnp.concatenate([a, v], axis=-1)))
-      return {"logits": nn.Dense(NUM_CLASSES)(x)}
-
+  """S1 fusion net from the registered S1 branch nets (a registered fusion model
+  is used when avjax has one)."""
+  from avjax import models
+  fused = [n for n in models.registered_models() if "sultana" in n and "fusion" in n]
+  if fused:
+    return models.get_model(fused[0], num_classes=NUM_CLASSES), f"registered {fused[0]}"
+  small = dict(features=(4, 4, 4, 4)) if smoke else {}
+  audio = models.get_model("sultana_audio", num_classes=NUM_CLASSES)
+  video = models.get_model("sultana_video", num_classes=NUM_CLASSES, **small)
+  source = ("registered sultana_audio + sultana_video, fusion head Dense 128 -> 8 "
+            "from benchmarks.common")
   if smoke:
     source += " [SMOKE: video widths 4,4,4,4]"
-  return S1Fusion(audio, video), source
-
-
-def _fallback_modules():
-  import flax.linen as nn
-  import jax.numpy as jnp
-
-  class FallbackAudio(nn.Module):
-    """Conv1D blocks -> Dense 256 -> Dense 64 (embedding) -> 8."""
-
-    @nn.compact
-    def __call__(self, inputs, *, train: bool):
-      x = jnp.asarray(inputs["mfcc"], jnp.float32)
-      for width in (64, 128, 128):
-        x = nn.max_pool(nn.relu(nn.Conv(width, (5,))(x)), (2,), strides=(2,))
-      x = nn.relu(nn.Dense(256)(x.reshape((x.shape[0], -1))))
-      emb = nn.relu(nn.Dense(64)(x))
-      return {"logits": nn.Dense(NUM_CLASSES)(emb), "embedding": emb}
-
-  class FallbackVideo(nn.Module):
-    """Conv3D 16, 16, pool, 32, 32, pool (3x3x3) -> Dense 64 (embedding) -> 8."""
-    small: bool = False
-
-    @nn.compact
-    def __call__(self, inputs, *, train: bool):
-      x = jnp.asarray(inputs["frames3d"], jnp.float32) / 255.0
-      for i, width in enumerate((4, 4, 4, 4) if self.small else (16, 16, 32, 32)):
-        x = nn.relu(nn.Conv(width, (3, 3, 3))(x))
-        if i in (1, 3):
-          x = nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2))
-      emb = nn.relu(nn.Dense(64)(x.reshape((x.shape[0], -1))))
-      return {"logits": nn.Dense(NUM_CLASSES)(emb), "embedding": emb}
-
-  return FallbackAudio, FallbackVideo
-
-
-def _FallbackAudio():  # noqa: N802 - reads like the class it builds.
-  return _fallback_modules()[0]()
-
-
-def _FallbackVideo(small: bool = False):  # noqa: N802
-  return _fallback_modules()[1](small=small)
+  return common.s1_fusion(audio, video, NUM_CLASSES), source
 
 
 def make_train_step(model, batch: dict):

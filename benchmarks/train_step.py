@@ -248,22 +248,9 @@ def avjax_model(spec: NetSpec, smoke: bool):
     fused = [n for n in names if "sultana" in n and "fusion" in n]
     if fused and not smoke:
       return models.get_model(fused[0], num_classes=8), f"registered {fused[0]}"
-
-    class S1Fusion(nn.Module):
-      """Both registered branch nets end to end, 64-wide embeddings concatenated."""
-      audio_net: nn.Module
-      video_net: nn.Module
-
-      @nn.compact
-      def __call__(self, inputs, *, train: bool):
-        a = self.audio_net(inputs, train=train)["embedding"]
-        v = self.video_net(inputs, train=train)["embedding"]
-        x = nn.relu(nn.Dense(128)(jnp.concatenate([a, v], axis=-1)))
-        return {"logits": nn.Dense(8)(x)}
-
-    return (S1Fusion(models.get_model("sultana_audio", num_classes=8, **audio_kw),
-                     models.get_model("sultana_video", num_classes=8, **video_kw)),
-            "registered sultana_audio + sultana_video; fusion head defined here")
+    return (common.s1_fusion(models.get_model("sultana_audio", num_classes=8, **audio_kw),
+                             models.get_model("sultana_video", num_classes=8, **video_kw)),
+            "registered sultana_audio + sultana_video; fusion head from benchmarks.common")
   fer = [n for n in names if "fercnn" in n.lower()]
   if fer:
     return models.get_model(fer[0], num_classes=6), f"registered {fer[0]}"
