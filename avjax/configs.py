@@ -33,10 +33,16 @@ def _import_file(path: str):
   name = "avjax_config_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
+  # Config files may import siblings (experiments/_base.py): their folder is on
+  # the path while the file loads, and only then.
+  folder = os.path.dirname(os.path.abspath(path))
+  sys.path.insert(0, folder)
   try:
     module_spec.loader.exec_module(module)
   except Exception as e:  # A broken config file is a user error, named as such.
     raise UserError(f"{path}: cannot import config: {type(e).__name__}: {e}") from e
+  finally:
+    sys.path.remove(folder)
   return module
 
 

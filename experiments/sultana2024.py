@@ -1,4 +1,5 @@
-"""S1, Sultana et al. 2024: Conv1D on MFCC frames, Conv3D on face clips.
+"""S1, Sultana et al. 2024: Conv1D on MFCC frames, Conv3D on face clips, and a
+feature-level fusion net over their penultimate layers.
 
 Paper (RAVDESS speech, 8 classes, their random clip-level split, i.e. LEAKY):
 audio 64.09 %, video 59.07 %, fusion 66.90 % accuracy. Their training: Adam with
@@ -11,142 +12,94 @@ report labels it LEAKY.
 
 Choices the paper leaves open (ours): audio convolutions 64/128/128 filters,
 kernel 5, 'SAME' padding, max-pool 2 after each; per-clip mean/variance
-normalisation of each MFCC coefficient over the real frames (`model.cmvn`); video max-pools (2x2x2) after
-the 2nd and 4th Conv3D; no dropout; unweighted cross-entropy; the checkpoint
-reported is the best by validation UAR.
+normalisation of each MFCC coefficient over the real frames (`model.cmvn`); video
+max-pools (2x2x2) after the 2nd and 4th Conv3D; no dropout; unweighted
+cross-entropy; the checkpoint reported is the best by validation UAR.
+
+Fusion (two stages, as the paper): the audio and video nets are trained first,
+each on the same fold; their 64-wide penultimate layers are concatenated and a
+Dense 128 ReLU -> Dense 8 head is trained on top with the branches frozen (their
+dropout off, no gradient). `pretrained.audio.workdir` / `pretrained.video.workdir`
+point at finished unimodal runs; left empty, they are trained on the fly into
+<workdir>/branch_audio and <workdir>/branch_video.
 
 Launch:
   avjax train --config experiments/sultana2024.py:audio --workdir runs/s1_audio
   avjax train --config experiments/sultana2024.py:video,tpu_v3_8 --workdir gs://.../s1_video
-  avjax train --config experiments/sultana2024.py:audio,smoke --workdir /tmp/s1_smoke
+  avjax train --config experiments/sultana2024.py:fusion --workdir runs/s1_fusion \\
+      --config.pretrained.audio.workdir=runs/s1_audio \\
+      --config.pretrained.video.workdir=runs/s1_video
+  avjax train --config experiments/sultana2024.py:fusion,smoke --workdir /tmp/s1_smoke
 
-Arguments (comma list): one modality, `audio` or `video`, plus any of
-`smoke` (CPU in seconds: tiny widths, 6 steps), `demo` (the paper's network, a
-few epochs on the small synthetic corpus of `avjax demo`), `cpu`, `gpu`,
-`tpu_v3_8`, `kaggle_tpu_v5e_8`.
+Arguments (comma list): one of `audio`, `video`, `fusion`, plus any of `smoke`
+(CPU in seconds: tiny widths, 6 steps), `demo` (the paper's network, a few epochs
+on the small synthetic corpus of `avjax demo`), `cpu`, `gpu`, `tpu_v3_8`,
+`kaggle_tpu_v5e_8`.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+import _base
+
 PAPER = {"audio": 64.09, "video": 59.07, "fusion": 66.90}
-_MODALITIES = ("audio", "video")
-_HARDWARE = ("cpu", "gpu", "tpu_v3_8", "kaggle_tpu_v5e_8")
+PAPER_PROTOCOL = "random clip split (leaky)"
+EPOCHS = {"audio": 25, "video": 20, "fusion": 12}
+VARIANTS = ("audio", "video", "fusion")
 
 
-def _args(arg: str | None) -> list[str]:
-  return [a.strip() for a in (arg or "audio").split(",") if a.strip()]
+def _unimodal_model(modality: str, smoke: bool) -> ml_collections.ConfigDict:
+  m = ml_collections.ConfigDict()
+  if modality == "audio":
+    m.name = "sultana_audio"
+    m.inputs = ("mfcc", "mfcc_mask")
+    m.features = (8, 8) if smoke else (64, 128, 128)
+    m.kernel_size = 5
+    m.hidden = (16, 64) if smoke else (256, 64)
+    m.cmvn = True
+  else:
+    m.name = "sultana_video"
+    m.inputs = ("frames3d",)
+    m.features = (4, 4, 4, 4) if smoke else (16, 16, 32, 32)
+    m.hidden = (64,)
+  m.dropout_rate = 0.0
+  return m
+
+
+_FEATURE_SET = {"audio": "mfcc", "video": "frames3d_gray_80x70x30"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = _args(arg)
-  unknown = [a for a in args if a not in (*_MODALITIES, "smoke", "demo", *_HARDWARE)]
-  if unknown:
-    raise ValueError(f"unknown arguments {unknown}; expected one of {_MODALITIES} "
-                     f"plus smoke/demo/{'/'.join(_HARDWARE)}")
-  modality = [a for a in args if a in _MODALITIES]
-  if len(modality) != 1:
-    raise ValueError(f"name exactly one modality of {_MODALITIES}, got {modality}")
-  modality = modality[0]
+  variant, flags = _base.parse_args(arg, VARIANTS, default="audio")
+  smoke = "smoke" in flags
+  c = _base.base_config(num_epochs=EPOCHS[variant], batch_size=32, learning_rate=1e-3)
+  c.paper_accuracy = PAPER[variant]
+  c.paper_protocol = PAPER_PROTOCOL
 
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.paper_accuracy = PAPER[modality]  # For reports: their (leaky) number beside ours.
-
-  c.model = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict()
-  c.data.dataset = "ravdess"
-  c.data.data_dir = ""  # Empty: the TFDS default (~/tensorflow_datasets).
-  c.data.protocol = "ravdess_6fold"
-  c.data.fold = 0
-  c.data.k = 5  # Folds of the `actor_kfold` protocol (synthetic corpus).
-  c.data.allow_leaky = False
-  c.data.eval_splits = ("val", "test")
-  c.data.keys = ()  # Empty: the model's inputs.
-  c.data.worker_count = 0
-  c.data.augment = ml_collections.ConfigDict()  # The paper uses none.
-  if modality == "audio":
-    c.model.name = "sultana_audio"
-    c.model.inputs = ("mfcc", "mfcc_mask")
-    c.model.features = (64, 128, 128)
-    c.model.kernel_size = 5
-    c.model.hidden = (256, 64)
-    c.model.cmvn = True
-    c.data.feature_set = "mfcc"
-    num_epochs = 25
+  if variant in ("audio", "video"):
+    c.model.update(_unimodal_model(variant, smoke))
+    c.data.feature_set = _FEATURE_SET[variant]
   else:
-    c.model.name = "sultana_video"
-    c.model.inputs = ("frames3d",)
-    c.model.features = (16, 16, 32, 32)
-    c.model.hidden = (64,)
-    c.data.feature_set = "frames3d_gray_80x70x30"
-    num_epochs = 20
-  c.model.dropout_rate = 0.0
-  # Convolution implementation: 'auto' takes the fast CPU formulation on CPU and
-  # plain XLA convolutions on TPU/GPU; 'xla' or 'cpu' force one.
-  c.model.conv_impl = "auto"
+    branches = {m: _unimodal_model(m, smoke) for m in ("audio", "video")}
+    c.model.name = "feature_concat_fusion"
+    c.model.branches = ml_collections.ConfigDict(
+        {m: b.to_dict() for m, b in branches.items()})
+    c.model.inputs = tuple(k for b in branches.values() for k in b.inputs)
+    c.model.hidden = (128,)
+    c.model.dropout_rate = 0.0
+    c.data.feature_set = _FEATURE_SET["audio"]
+    c.data.feature_sets = (_FEATURE_SET["video"],)
+    c.train.frozen = ("audio", "video")
+    for m in ("audio", "video"):
+      # The branch's own full config, so it can be trained on the fly.
+      sub = get_config(",".join([m, *sorted(flags)]))
+      c.pretrained[m] = ml_collections.ConfigDict({"workdir": "", "config": sub})
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.name = "cross_entropy"
-  c.loss.label_smoothing = 0.0
-  c.loss.weights = ml_collections.FieldReference(None, field_type=dict)
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adam"
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.momentum = 0.9  # sgd only.
-  c.optimizer.weight_decay = 0.0  # adamw / sgd.
-  c.optimizer.schedule = "constant"
-  c.optimizer.warmup_steps = 0
-  c.optimizer.grad_clip_norm = 0.0  # 0: off.
-  c.optimizer.reduce_on_plateau = ml_collections.ConfigDict(
-      {"enabled": False, "patience": 3, "factor": 0.5, "cooldown": 0,
-       "accumulation_size": 0})  # 0: one epoch of steps.
-
-  c.train = ml_collections.ConfigDict()
-  c.train.global_batch_size = 32
-  c.train.num_train_steps = -1  # -1: from num_epochs.
-  c.train.num_epochs = float(num_epochs)
-  c.train.log_every_steps = 20
-  c.train.eval_every_steps = 0  # 0: once per epoch.
-  c.train.checkpoint_every_steps = 0  # 0: with every eval (so best-by-metric works).
-  c.train.keep_checkpoints = 2
-  c.train.best_metric = "val/uar"
-  c.train.best_mode = "max"
-  c.train.async_checkpointing = True
-  c.train.compute_dtype = "float32"
-
-  c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
-  c.multihost = False
-
-  # Hardware variants: only what differs.
-  if "cpu" in args:
-    c.data.worker_count = 0
-  if "gpu" in args:
-    c.data.worker_count = 4
-  if "tpu_v3_8" in args or "kaggle_tpu_v5e_8" in args:
-    # 32 is the paper's batch: 4 per core on 8 cores. bf16 compute, f32 params.
-    c.train.compute_dtype = "bfloat16"
-    c.data.worker_count = 8
-  if "demo" in args:
-    # Full-size network; a small corpus, so smaller batches and a few epochs.
-    c.train.global_batch_size = 16
+  _base.apply_hardware(c, flags)
+  if "demo" in flags:
+    _base.apply_demo_train(c)
     c.train.num_epochs = 12.0
-    c.train.log_every_steps = 5
-    c.train.keep_checkpoints = 1
-  if "smoke" in args:
-    c.train.global_batch_size = 8
-    c.train.num_train_steps = 6
-    c.train.log_every_steps = 2
-    c.train.eval_every_steps = 3
-    c.train.checkpoint_every_steps = 3
-    c.train.keep_checkpoints = 1
-    c.train.async_checkpointing = False
-    if modality == "audio":
-      c.model.features = (8, 8)
-      c.model.hidden = (16, 64)
-    else:
-      c.model.features = (4, 4, 4, 4)
-      c.model.hidden = (64,)
+  if smoke:
+    _base.apply_smoke_train(c)
   return c

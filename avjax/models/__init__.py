@@ -98,5 +98,40 @@ def registered_models() -> tuple[str, ...]:
   return tuple(sorted(_MODELS))
 
 
+# --- statistics fitted on the training split ---------------------------------------
+#
+# Some systems have parts that are not learnt by gradient but fitted once on the
+# training fold (S2's Marginal Fisher Analysis projection, a standardiser). Such a
+# model keeps them as variables in the non-trainable "fitted" collection, and
+# registers a fit function under its model name:
+#
+#   fn(model, variables, inputs, labels) -> {"fitted": {...}}
+#
+# `variables` are the freshly initialised ones ({"params": ..., "fitted": ...}),
+# `inputs` maps each of the model's input keys to a numpy array over the whole
+# training split (one pass, no augmentation, every process sees all of it) and
+# `labels` is an int array. The trainer calls it once on a fresh start, before the
+# first step; the result is saved in every checkpoint with the rest of the state,
+# so evaluation, export and predict use exactly the fitted values.
+
+FITTED = "fitted"
+_FITS: dict[str, Callable[..., dict]] = {}
+
+
+def register_fit(model_name: str):
+  """Decorator: `fn(model, variables, inputs, labels)` fits a model's "fitted"
+  collection on the training split (see above)."""
+  def wrap(fn):
+    if model_name in _FITS and _FITS[model_name] is not fn:
+      raise ValueError(f"a fit for model {model_name!r} is already registered")
+    _FITS[model_name] = fn
+    return fn
+  return wrap
+
+
+def get_fit(model_name: str) -> Callable[..., dict] | None:
+  return _FITS.get(model_name)
+
+
 # Importing the modules registers their models.
 from avjax.models import sultana  # noqa: E402,F401  pylint: disable=g-import-not-at-top
