@@ -81,12 +81,34 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-  raise NotBuiltYet("avjax export is not built yet (issue 7: export to jax.export and "
-                    "TF SavedModel)")
+  from avjax.serving.export import export_workdir
+  report = export_workdir(args.workdir, args.out, step=args.step,
+                          savedmodel=not args.no_savedmodel)
+  print(f"exported step {report.metadata.get('checkpoint_step')} of "
+        f"{report.metadata['model']} to {report.out}")
+  for path in report.files:
+    print(path)
+  return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-  raise NotBuiltYet("avjax predict is not built yet (issue 7: predict on your own video)")
+  from avjax.serving.predict import predict_file, summary_lines
+  result = predict_file(args.file, args.model, window=args.window, hop=args.hop,
+                        batch_size=args.batch_size, json_path=args.json,
+                        plot_path=args.plot)
+  for line in summary_lines(result):
+    print(line)
+  return 0
+
+
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+  return value
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -179,15 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(handler=_cmd_evaluate)
 
   p = sub.add_parser("export", help="export a trained model (jax.export + TF SavedModel)")
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--out", required=True)
+  p.add_argument("--workdir", required=True, help="a training workdir")
+  p.add_argument("--out", required=True, help="new directory for the artefacts")
+  p.add_argument("--step", type=int, default=None,
+                 help="checkpoint step (default: the best by the run's metric)")
+  p.add_argument("--no-savedmodel", action="store_true",
+                 help="write only the jax.export artefact (no TensorFlow needed)")
   p.set_defaults(handler=_cmd_export)
 
   p = sub.add_parser("predict", help="predict emotions over time in your own clip")
   p.add_argument("file", help="mp4, flv, avi, mov or wav")
-  p.add_argument("--model", required=True, help="an exported model directory")
-  p.add_argument("--window", type=float, default=3.0, help="window length in seconds")
-  p.add_argument("--hop", type=float, default=1.0, help="hop between windows in seconds")
+  p.add_argument("--model", required=True,
+                 help="an export directory (avjax export), or a training workdir")
+  p.add_argument("--window", type=_positive_float, default=None,
+                 help="window length in seconds (default: the span the model's "
+                      "features cover, e.g. 3.6 for mfcc)")
+  p.add_argument("--hop", type=_positive_float, default=1.0,
+                 help="hop between windows in seconds")
+  p.add_argument("--batch-size", type=_positive_int, default=16,
+                 help="windows per model call")
   p.add_argument("--json", default=None, help="write per-window probabilities here")
   p.add_argument("--plot", default=None, help="write a timeline PNG here")
   p.set_defaults(handler=_cmd_predict)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -82,6 +83,8 @@ def run_demo(workdir: str, *, actors: int = 8, clips_per_emotion: int = 4, seed:
   corpus = os.path.join(workdir, "corpus")
   data_dir = os.path.join(workdir, "data")
   train_dir = os.path.join(workdir, "train")
+  export_dir = os.path.join(workdir, "export")
+  predict_dir = os.path.join(workdir, "predict")
   steps = {name: StepResult(name) for name in
            ("synth", "prepare", "train", "evaluate", "export", "predict")}
 
@@ -123,10 +126,24 @@ def run_demo(workdir: str, *, actors: int = 8, clips_per_emotion: int = 4, seed:
             list(report.get("files", [])))
 
   def export():
-    raise NotBuiltYet("issue 7 (jax.export + TF SavedModel)")
+    from avjax.serving.export import export_workdir
+    if os.path.isdir(export_dir):  # A re-run exports the newly trained model afresh.
+      shutil.rmtree(export_dir)
+    report = export_workdir(train_dir, export_dir)
+    return (f"step {report.metadata['checkpoint_step']} -> jax.export + TF SavedModel "
+            f"(serving_default) in {export_dir}", list(report.files))
 
   def predict():
-    raise NotBuiltYet("issue 7 (predict on a clip, timeline plot)")
+    from avjax.serving.predict import predict_file
+    clip, actor = _unseen_clip(corpus, train_dir)
+    stem = os.path.splitext(os.path.basename(clip))[0]
+    result = predict_file(clip, export_dir,
+                          json_path=os.path.join(predict_dir, f"{stem}.json"),
+                          plot_path=os.path.join(predict_dir, f"{stem}_timeline.png"))
+    truth = _RAVDESS_EMOTIONS.get(int(stem.split("-")[2]), "?")
+    return (f"{os.path.basename(clip)} (actor {actor}, unseen in training; true "
+            f"{truth}): predicted {result.label} over {len(result.starts)} window(s), "
+            f"{result.timings['total']:.1f} s", list(result.files))
 
   order = [("synth", synth), ("prepare", prepare), ("train", train),
            ("evaluate", evaluate), ("export", export), ("predict", predict)]
@@ -139,7 +156,33 @@ def run_demo(workdir: str, *, actors: int = 8, clips_per_emotion: int = 4, seed:
     _run_step(steps[name], fn, verbose)
   summary = DemoSummary(workdir, list(steps.values()))
   print(summary.table(), flush=True)
+  figures = [o for s in summary.steps for o in s.outputs if o.endswith(".png")]
+  if figures:
+    print("figures:\n" + "\n".join(f"  {f}" for f in figures), flush=True)
   return summary
+
+
+_RAVDESS_EMOTIONS = {1: "neutral", 2: "calm", 3: "happy", 4: "sad", 5: "angry",
+                     6: "fearful", 7: "disgust", 8: "surprised"}
+
+
+def _unseen_clip(corpus: str, train_dir: str) -> tuple[str, int]:
+  """An audio-video clip of the first test actor (unseen in training), else of
+  any actor: predict is shown on data the model did not learn from."""
+  import json  # pylint: disable=g-import-not-at-top
+  actors: list[int] = []
+  report = os.path.join(train_dir, "report.json")
+  if os.path.exists(report):
+    with open(report, encoding="utf-8") as f:
+      actors = list(json.load(f).get("split_actors", {}).get("test", []))
+  folders = sorted(d for d in os.listdir(corpus) if d.startswith("Actor_"))
+  ordered = [f"Actor_{a:02d}" for a in actors] + folders
+  for folder in ordered:
+    clips = sorted(f for f in os.listdir(os.path.join(corpus, folder)) if f.startswith("01-")
+                   and f.endswith(".mp4")) if os.path.isdir(os.path.join(corpus, folder)) else []
+    if clips:
+      return os.path.join(corpus, folder, clips[0]), int(folder.split("_")[1])
+  raise FileNotFoundError(f"{corpus}: no audio-video clip (01-*.mp4) to predict on")
 
 
 _DEPENDS = {"synth": (), "prepare": ("synth",), "train": ("prepare",),

@@ -43,6 +43,9 @@ class Datasets:
   train: grain.IterDataset
   evals: Mapping[str, Callable[[], Iterator[dict[str, np.ndarray]]]]
   info: DataInfo
+  # One pass over the whole training split (every process sees all of it, no
+  # augmentation), for statistics fitted before training (S2's MFA).
+  fit_batches: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None
 
 
 class SelectKeys(grain.transforms.Map):
@@ -367,4 +370,6 @@ def create_datasets(data_config, *, global_batch_size: int, seed: int,
       split_actors={s: split.actors(s) for s in ("train", "val", "test")},
       num_examples={s: len(src) for s, src in sources.items()},
       dataset=data_config.dataset, feature_set="+".join(names))
-  return Datasets(train=train, evals=evals, info=info)
+  fit_batches = (lambda src=sources["train"]: eval_batches(
+      src, batch_size=batch, shard_index=0, shard_count=1, keys=keys))
+  return Datasets(train=train, evals=evals, info=info, fit_batches=fit_batches)

@@ -8,3 +8,7 @@ from avjax.layers.pooling import max_pool
 
 __all__ = ["Conv", "conv_nd", "resolve_impl", "max_pool", "OperationalConv",
            "operational_init"]
+from avjax.layers.attention import (CBAM, ChannelAttention, CrossModalAttention,  # noqa: E402
+                                    SpatialAttention, TemporalAttention)
+__all__ += ["CBAM", "ChannelAttention", "SpatialAttention", "TemporalAttention",
+            "CrossModalAttention"]

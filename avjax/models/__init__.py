@@ -84,14 +84,15 @@ def register_model(name: str):
   return wrap
 
 
-def get_model(name: str, **kwargs: Any) -> nn.Module:
-  """Instantiates a registered model; an unknown name is a user error."""
-  if name not in _MODELS:
-    raise UserError(f"unknown model {name!r} (known: {', '.join(sorted(_MODELS))})")
+def get_model(model_name: str, /, **kwargs: Any) -> nn.Module:
+  """Instantiates a registered model; an unknown name is a user error. `kwargs`
+  may hold the module's own `name` (a submodule's scope)."""
+  if model_name not in _MODELS:
+    raise UserError(f"unknown model {model_name!r} (known: {', '.join(sorted(_MODELS))})")
   try:
-    return _MODELS[name](**kwargs)
+    return _MODELS[model_name](**kwargs)
   except TypeError as e:
-    raise UserError(f"model {name!r}: bad arguments {sorted(kwargs)}: {e}") from e
+    raise UserError(f"model {model_name!r}: bad arguments {sorted(kwargs)}: {e}") from e
 
 
 def registered_models() -> tuple[str, ...]:
@@ -135,3 +136,5 @@ def get_fit(model_name: str) -> Callable[..., dict] | None:
 
 # Importing the modules registers their models.
 from avjax.models import sultana  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from avjax.models import fusion  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from avjax.models import dvemotionnet  # noqa: E402,F401  pylint: disable=g-import-not-at-top

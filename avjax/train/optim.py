@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import optax
 
 from avjax.errors import UserError
@@ -63,3 +64,21 @@ def make_optimizer(cfg: Mapping[str, Any], num_train_steps: int,
         min_scale=float(plateau.get("min_scale", 0.0)),
         accumulation_size=int(plateau.get("accumulation_size", 0) or steps_per_epoch)))
   return optax.chain(*chain)
+
+
+def freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]
+           ) -> optax.GradientTransformation:
+  """Leaves the named top-level parameter subtrees untouched (zero updates, no
+  optimizer state): the pretrained branches of a two-stage system."""
+  if not frozen:
+    return tx
+  frozen = tuple(frozen)
+
+  def labels(params):
+    unknown = [name for name in frozen if name not in params]
+    if unknown:
+      raise UserError(f"train.frozen names {unknown}, which are not parameter subtrees "
+                      f"of the model (has: {sorted(params)})")
+    return {k: jax.tree.map(lambda _, k=k: "frozen" if k in frozen else "trained", v)
+            for k, v in params.items()}
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)

@@ -21,11 +21,14 @@ Config schema (ml_collections; see experiments/sultana2024.py for a full one):
               schedule (constant|cosine|warmup_cosine), warmup_steps,
               grad_clip_norm (0 = off), reduce_on_plateau {enabled, patience,
               factor, cooldown, accumulation_size (0 = one epoch)}.
-  train:      global_batch_size, num_train_steps (-1: from num_epochs),
+  train:      global_batch_size, num_train_steps (-1: from num_epochs; 0: only
+              evaluate, e.g. a decision-fusion rule over pretrained branches),
               num_epochs, log_every_steps, eval_every_steps (0: each epoch),
               checkpoint_every_steps (0: with each eval), keep_checkpoints,
               best_metric ('val/uar'), best_mode (max|min), async_checkpointing,
-              compute_dtype (float32|bfloat16; parameters stay float32).
+              compute_dtype (float32|bfloat16; parameters stay float32),
+              frozen (top-level parameter subtrees never updated).
+  pretrained: branch name -> {workdir, config}: two-stage systems; see stages.py.
   mesh:       data (-1: the rest), model (1).
   multihost:  bool; or AVJAX_MULTIHOST=1 in the environment.
 """
@@ -52,7 +55,7 @@ from avjax import losses, models
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
 from avjax.train import metrics as metrics_lib
-from avjax.train import optim, sharding, writers
+from avjax.train import optim, sharding, stages, writers
 
 # Keys the step needs besides the model inputs (eval padding mask, mixup targets).
 _AUX_BATCH_KEYS = ("label", "valid", "mixup_label", "mixup_lambda")
@@ -130,8 +133,9 @@ def _schedule_lengths(config, info) -> tuple[int, int]:
   gbs = int(config.train.global_batch_size)
   n_train = int((info.num_examples or {}).get("train", 0) or 0)
   steps_per_epoch = max(n_train // gbs, 1) if n_train else 1
-  steps = int(config.train.get("num_train_steps", -1) or -1)
-  if steps <= 0:
+  steps = config.train.get("num_train_steps", -1)
+  steps = -1 if steps is None else int(steps)
+  if steps < 0:  # 0 is allowed: a run with nothing to train only evaluates.
     epochs = float(config.train.get("num_epochs", 0) or 0)
     if epochs <= 0 or not n_train:
       raise UserError("set train.num_train_steps, or train.num_epochs with a data "
@@ -174,6 +178,7 @@ def build(config, info, mesh) -> Setup:
   loss_fn = losses.make_loss(config.loss.to_dict(), info.num_classes)
   num_train_steps, steps_per_epoch = _schedule_lengths(config, info)
   tx = optim.make_optimizer(config.optimizer.to_dict(), num_train_steps, steps_per_epoch)
+  tx = optim.freeze(tx, tuple(config.train.get("frozen", ()) or ()))
   dummy = _dummy_inputs(info, input_keys)
 
   def init_fn(rng):
@@ -296,6 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
 
   mesh = _mesh(config)
+  # Two-stage systems: finished (or now trained) branch runs, before our own data.
+  branch_dirs = stages.prepare_branches(config, workdir)
   if datasets is None:
     datasets = _create_datasets(config, mesh)
   info = datasets.info
@@ -327,6 +334,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("resumed from step %d in %s", latest, checkpointer.directory)
   else:
     state = init_state(setup, int(config.seed))
+    state = stages.graft_branches(setup, state, config, branch_dirs, info)
+    state = stages.fit_statistics(setup, state, config, datasets)
+    if setup.num_train_steps == 0:  # Nothing to train: keep the state to evaluate.
+      checkpointer.save(0, state, train_iter, config_json, force=True,
+                        metrics=eval_scalars(run_evals(setup, state, datasets.evals)))
+      checkpointer.wait()
   step = int(jax.device_get(state.step))
 
   writer = writers.create_writer(workdir)

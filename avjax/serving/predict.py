@@ -1,0 +1,201 @@
+"""`avjax predict`: emotion probabilities over time in one clip.
+
+The file is decoded once and its face tracked once over every frame (the same
+`input_pipeline.clip` path as `prepare`); sliding windows are then cut from the
+decoded clip, each window's feature sets computed exactly as for a training
+clip, and the exported model run on them in fixed-size batches. The clip's
+label is the class of the mean probability over its windows.
+
+Needs an export directory (no training code); a training workdir is exported on
+the fly into a temporary directory first, which does import the trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from avjax.errors import UserError
+from avjax.serving import artifact
+
+SUPPORTED_EXTENSIONS = (".mp4", ".flv", ".avi", ".mov", ".wav")
+DEFAULT_HOP = 1.0
+DEFAULT_BATCH = 16
+
+
+@dataclasses.dataclass
+class Prediction:
+  """Per-window and clip-level results, plus where the time went."""
+  file: str
+  model: str
+  class_names: list[str]
+  duration: float
+  window: float
+  hop: float
+  starts: np.ndarray          # (N,) seconds
+  probabilities: np.ndarray   # (N, C)
+  timings: dict[str, float]   # decode, faces, features, model (seconds)
+  face_hit_rate: float | None = None
+  files: list[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def ends(self) -> np.ndarray:
+    """A window ends at the clip's end at the latest (a short clip is padded)."""
+    return np.minimum(self.starts + self.window, max(self.duration, 1e-9))
+
+  @property
+  def clip_probabilities(self) -> np.ndarray:
+    return self.probabilities.mean(axis=0)
+
+  @property
+  def label(self) -> str:
+    return self.class_names[int(np.argmax(self.clip_probabilities))]
+
+  def to_json(self) -> dict:
+    return {
+        "file": self.file, "model": self.model, "class_names": self.class_names,
+        "duration_s": self.duration, "window_s": self.window, "hop_s": self.hop,
+        "label": self.label,
+        "clip_probabilities": dict(zip(self.class_names,
+                                       map(float, self.clip_probabilities))),
+        "face_hit_rate": self.face_hit_rate,
+        "windows": [{"start_s": float(s), "end_s": float(e),
+                     "label": self.class_names[int(np.argmax(p))],
+                     "probabilities": dict(zip(self.class_names, map(float, p)))}
+                    for s, e, p in zip(self.starts, self.ends, self.probabilities)],
+        "timings_s": self.timings,
+    }
+
+
+def load_model(model_dir: str) -> artifact.ExportedModel:
+  """An export directory; a training workdir is exported (jax only) to a temp dir."""
+  model_dir = os.path.abspath(model_dir)
+  if not os.path.isdir(model_dir):
+    raise UserError(f"{model_dir}: model directory does not exist")
+  if artifact.is_export_dir(model_dir):
+    return artifact.load(model_dir)
+  if os.path.isfile(os.path.join(model_dir, "config.json")) or os.path.isdir(
+      os.path.join(model_dir, "checkpoints")):
+    from avjax.serving import export  # pylint: disable=g-import-not-at-top
+    out = os.path.join(tempfile.mkdtemp(prefix="avjax-predict-"), "export")
+    export.export_workdir(model_dir, out, savedmodel=False)
+    return artifact.load(out)
+  raise UserError(f"{model_dir}: neither an export directory (metadata.json) nor a "
+                  "training workdir (config.json, checkpoints/)")
+
+
+def _check_file(path: str) -> str:
+  path = os.fspath(path)
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in SUPPORTED_EXTENSIONS:
+    raise UserError(f"{path}: unsupported file type {ext or '(none)'!r}; expected one of "
+                    f"{', '.join(e[1:] for e in SUPPORTED_EXTENSIONS)}")
+  return path
+
+
+def predict_file(path: str, model: artifact.ExportedModel | str, *,
+                 window: float | None = None, hop: float = DEFAULT_HOP,
+                 batch_size: int = DEFAULT_BATCH, json_path: str | None = None,
+                 plot_path: str | None = None) -> Prediction:
+  """Probabilities per window of `path` and the clip's label; writes the JSON and
+  the timeline PNG when asked. Bad input raises InputError / UserError (one line)."""
+  from input_pipeline import clip as clip_lib  # pylint: disable=g-import-not-at-top
+  path = _check_file(path)
+  if isinstance(model, str):
+    model = load_model(model)
+  window = float(window) if window is not None else float(
+      model.metadata.get("window_seconds") or clip_lib.natural_window(model.feature_sets))
+  if not window > 0 or not hop > 0:
+    raise UserError(f"--window and --hop must be > 0, got {window} and {hop}")
+  if batch_size < 1:
+    raise UserError(f"batch size must be >= 1, got {batch_size}")
+
+  timings = {}
+  t0 = time.perf_counter()
+  decoded = clip_lib.decode_file(path, model.modalities, faces=False)
+  timings["decode"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  decoded = clip_lib.track_faces(decoded)  # Once, over the whole clip.
+  timings["faces"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  starts = clip_lib.window_starts(decoded.duration, window, hop)
+  spec = model.input_spec
+  per_window = [clip_lib.compute_features(decoded.window(s, window), model.feature_sets)
+                for s in starts]
+  inputs = {k: np.stack([w[k] for w in per_window]).astype(spec[k][1]) for k in spec}
+  timings["features"] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  probabilities = model.predict(inputs, batch_size=batch_size)["probabilities"]
+  timings["model"] = time.perf_counter() - t0
+  timings["total"] = sum(timings.values())
+
+  result = Prediction(
+      file=os.path.abspath(path), model=model.directory, class_names=model.class_names,
+      duration=float(decoded.duration), window=window, hop=float(hop), starts=starts,
+      probabilities=np.asarray(probabilities, np.float32), timings=timings,
+      face_hit_rate=None if decoded.frames is None else float(decoded.face_hit_rate))
+  if json_path:
+    _write_json(json_path, result.to_json())
+    result.files.append(os.path.abspath(json_path))
+  if plot_path:
+    timeline_figure(result, plot_path)
+    result.files.append(os.path.abspath(plot_path))
+  return result
+
+
+def _write_json(path: str, payload: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(payload, f, indent=2)
+
+
+def timeline_figure(result: Prediction, path: str) -> None:
+  """One line per emotion: its probability at each window's centre over time."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  centres = (result.starts + result.ends) / 2.0
+  fig, ax = plt.subplots(figsize=(9, 4))
+  colors = plt.get_cmap("tab10")
+  marker = "o" if len(centres) < 2 else "."
+  for i, name in enumerate(result.class_names):
+    ax.plot(centres, result.probabilities[:, i], marker=marker, color=colors(i % 10),
+            label=f"{name} ({result.clip_probabilities[i]:.2f})",
+            linewidth=2.0 if name == result.label else 1.0)
+  ax.set_xlim(0.0, max(result.duration, float(result.ends[-1])))
+  ax.set_ylim(0.0, 1.0)
+  ax.set_xlabel("time (s, window centre)")
+  ax.set_ylabel("probability")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+            title="mean over windows", title_fontsize=7)
+  ax.set_title(f"{os.path.basename(result.file)}: {result.label} "
+               f"({_windows(len(result.starts))} of {result.window:.1f} s, hop "
+               f"{result.hop:.1f} s)\nmodel: {os.path.basename(result.model)}", fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _windows(n: int) -> str:
+  return f"{n} window" if n == 1 else f"{n} windows"
+
+
+def summary_lines(result: Prediction) -> Sequence[str]:
+  """What the CLI prints: the label, the clip's probabilities, the files."""
+  probs = ", ".join(f"{n} {p:.2f}" for n, p in
+                    sorted(zip(result.class_names, result.clip_probabilities),
+                           key=lambda x: -x[1]))
+  lines = [f"{os.path.basename(result.file)}: {result.label} "
+           f"({_windows(len(result.starts))} over {result.duration:.1f} s; {probs})"]
+  lines += result.files
+  return lines

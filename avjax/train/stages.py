@@ -1,0 +1,187 @@
+"""What happens to a fresh state before the first step: pretrained branches are
+grafted in, and statistics fitted on the training split are filled in.
+
+Two-stage systems (S1's feature fusion, S3's and S6's decision fusion) train their
+unimodal nets first. `config.pretrained` names each branch with a finished run's
+workdir, or with the branch's own config, in which case the branch is trained here,
+on the same data, protocol and fold, into `<workdir>/branch_<name>`. The best
+checkpoint of each branch then replaces `params[<name>]` (and its batch
+statistics), which is the submodule layout `avjax.models.fusion` gives branches.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+from avjax import models
+from avjax.errors import UserError
+
+# Data fields a branch inherits from its fusion run, so that both see the same fold.
+_SHARED_DATA_FIELDS = ("dataset", "data_dir", "protocol", "fold", "k", "allow_leaky",
+                       "eval_splits", "worker_count")
+REPORT = "report.json"
+
+
+def branch_workdir(workdir: str, name: str, entry: Mapping[str, Any], fold: int) -> str:
+  """The branch's workdir: given (`{fold}` is replaced by the fold), or our own."""
+  given = str(entry.get("workdir", "") or "")
+  if given:
+    return os.path.abspath(given.replace("{fold}", str(fold)))
+  return os.path.join(workdir, f"branch_{name}")
+
+
+def branch_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """The branch's own config with the fusion run's data split, seed and mesh."""
+  entry = config.pretrained[name]
+  if "config" not in entry or entry.config is None:
+    raise UserError(f"config.pretrained.{name}: no workdir with a finished run and no "
+                    "config to train the branch from")
+  sub = copy.deepcopy(entry.config)
+  if not isinstance(sub, ml_collections.ConfigDict):
+    sub = ml_collections.ConfigDict(sub)
+  with sub.unlocked():
+    for field in _SHARED_DATA_FIELDS:
+      if field in config.data:
+        sub.data[field] = copy.deepcopy(config.data[field])
+    sub.seed = config.seed
+    sub.mesh = copy.deepcopy(config.mesh)
+    sub.multihost = config.get("multihost", False)
+    spec = config.get("config_spec", "")
+    sub.config_spec = f"{spec} [branch {name}]" if spec else f"branch {name}"
+  return sub
+
+
+def _check_same_split(name: str, path: str, config) -> None:
+  """A given branch run must have used the fusion run's protocol and fold: a branch
+  trained on other actors would leak the fusion run's test actors into training."""
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.exists(cfg_path):
+    return
+  with open(cfg_path, encoding="utf-8") as f:
+    data = json.load(f).get("data", {})
+  for field in ("dataset", "protocol", "fold"):
+    if field in data and field in config.data and data[field] != config.data[field]:
+      raise UserError(
+          f"{path}: pretrained branch {name!r} was trained with data.{field}="
+          f"{data[field]!r} but this run uses {config.data[field]!r}; use the branch "
+          "run of the same fold (a `{fold}` in the workdir path is replaced by it)")
+
+
+def prepare_branches(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Branch name -> workdir of a finished branch run, training missing ones now."""
+  pretrained = config.get("pretrained") or {}
+  fold = int(config.data.get("fold", 0))
+  out = {}
+  for name in sorted(pretrained):
+    entry = pretrained[name]
+    path = branch_workdir(workdir, name, entry, fold)
+    finished = os.path.exists(os.path.join(path, REPORT))
+    if entry.get("workdir"):
+      if not os.path.isdir(path):
+        raise UserError(f"{path}: pretrained branch {name!r} workdir does not exist")
+      _check_same_split(name, path, config)
+    elif not finished:
+      from avjax.train import trainer  # pylint: disable=g-import-not-at-top
+      logging.info("training branch %r into %s", name, path)
+      trainer.train_and_evaluate(branch_config(config, name), path)
+    out[name] = path
+  return out
+
+
+def _load_branch_config(path: str, config, name: str) -> ml_collections.ConfigDict:
+  cfg_path = os.path.join(path, "config.json")
+  if os.path.exists(cfg_path):
+    with open(cfg_path, encoding="utf-8") as f:
+      return ml_collections.ConfigDict(json.load(f))
+  return branch_config(config, name)
+
+
+def graft_branches(setup, state, config, branch_dirs: Mapping[str, str], info):
+  """Replaces params[<branch>] (and its model-state entries) with the best
+  checkpoint of each branch run; returns the new state, sharded like the old."""
+  if not branch_dirs:
+    return state
+  from avjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from avjax.train import trainer  # pylint: disable=g-import-not-at-top
+  params = flax.core.unfreeze(jax.device_get(state.params))
+  model_state = flax.core.unfreeze(jax.device_get(state.model_state))
+  for name, path in branch_dirs.items():
+    if name not in params:
+      raise UserError(f"config.pretrained.{name}: the model has no branch {name!r} "
+                      f"(its parameters: {sorted(params)})")
+    sub_config = _load_branch_config(path, config, name)
+    sub_setup = trainer.build(sub_config, info, setup.mesh)
+    checkpointer = ckpt_lib.Checkpointer(
+        path, best_metric=sub_config.train.get("best_metric") or None,
+        best_mode=sub_config.train.get("best_mode", "max"), read_only=True)
+    try:
+      step = checkpointer.best_step()
+      if step is None:
+        raise UserError(f"{path}: pretrained branch {name!r} has no checkpoint")
+      sub_state = jax.device_get(trainer.restore_state(sub_setup, checkpointer, step))
+    finally:
+      checkpointer.close()
+    want = jax.tree.map(np.shape, params[name])
+    got = jax.tree.map(np.shape, flax.core.unfreeze(sub_state.params))
+    if want != got:
+      raise UserError(f"{path}: branch {name!r} parameters do not match the fusion "
+                      "model's branch (different widths in model.branches?)")
+    params[name] = flax.core.unfreeze(sub_state.params)
+    for collection, tree in flax.core.unfreeze(sub_state.model_state).items():
+      if collection in model_state and name in model_state[collection]:
+        model_state[collection][name] = tree
+    logging.info("branch %r: step %d of %s", name, step, path)
+  # Optimizer state is rebuilt for the grafted parameters.
+  new = state.replace(params=params, model_state=model_state,
+                      opt_state=setup.tx.init(params))
+  return jax.device_put(new, setup.state_shardings)
+
+
+def fit_statistics(setup, state, config, datasets):
+  """Runs the model's registered fit (e.g. S2's MFA) on the whole training split."""
+  fit = models.get_fit(config.model.name)
+  if fit is None:
+    return state
+  batches = getattr(datasets, "fit_batches", None)
+  if batches is None:
+    raise UserError(f"model {config.model.name!r} fits statistics on the training "
+                    "split, but the data gives no pass over it (Datasets.fit_batches)")
+  columns: dict[str, list[np.ndarray]] = {}
+  labels = []
+  for batch in batches():
+    valid = np.asarray(batch.get("valid", np.ones(len(batch["label"]), bool)), bool)
+    for key in setup.input_keys:
+      columns.setdefault(key, []).append(np.asarray(batch[key])[valid])
+    labels.append(np.asarray(batch["label"])[valid])
+  if not labels:
+    raise UserError("the training split is empty: nothing to fit statistics on")
+  inputs = {k: np.concatenate(v) for k, v in columns.items()}
+  variables = {"params": jax.device_get(state.params),
+               **flax.core.unfreeze(jax.device_get(state.model_state))}
+  fitted = fit(setup.model, variables, inputs, np.concatenate(labels))
+  model_state = flax.core.unfreeze(jax.device_get(state.model_state))
+  for collection, tree in fitted.items():
+    if collection not in model_state:
+      raise UserError(f"model {config.model.name!r}: fit returned collection "
+                      f"{collection!r} the model does not declare")
+    want = jax.tree.map(np.shape, model_state[collection])
+    got = jax.tree.map(np.shape, flax.core.unfreeze(tree))
+    if want != got:
+      raise UserError(f"model {config.model.name!r}: fitted {collection!r} shapes "
+                      f"{got} differ from the model's {want}")
+    model_state[collection] = jax.tree.map(
+        lambda new, old: np.asarray(new, dtype=np.asarray(old).dtype),
+        flax.core.unfreeze(tree), model_state[collection])
+  logging.info("fitted %s on %d training examples", sorted(fitted),
+               len(np.concatenate(labels)))
+  return jax.device_put(state.replace(model_state=model_state), setup.state_shardings)

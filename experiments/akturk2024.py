@@ -1,0 +1,86 @@
+"""S5, Aktürk & Keçeli 2024: a two-branch operational (Self-ONN) network over one
+key frame and the mel spectrogram image, and its single-input ablations.
+
+Source: the review /work/shared/papers/001_*.txt, method 2 (the paper itself,
+Neurocomputing 588, 127713, is not in the repo). Reported accuracy: RAVDESS 93 %,
+MEAD 96 %, MELD 75 % for the two-input network; the review says the two-input
+network beat the single-input ones clearly (by 25-45 %) but gives no absolute
+single-input numbers, so the ablations carry paper_accuracy = -1. The review does
+not say how the data were split; ours is actor-independent (`ravdess_6fold`,
+fold 0), so the numbers are not directly comparable.
+
+Inputs (feature set `keyframe_mel`, input_pipeline/features): `keyframe`, the face
+crop (96x96 RGB, uint8) of the frame picked by the LUV-difference / brightness /
+entropy / contrast-histogram / Laplacian-variance chain, and `mel_image`, the
+log-mel spectrogram resized to a 128x128 image in [0, 1].
+
+Choices the review leaves open (ours):
+  * depth and widths: three operational conv layers per branch, 16/32/64 filters,
+    3x3 kernels, 'SAME' padding, max-pool 2x2 after each; global average pool of
+    tanh of the last layer; the two branch vectors (64 + 64) concatenated, Dense
+    128 ReLU (the `embedding`), Dense classes; no dropout.
+  * Taylor order Q = 3 (a common Self-ONN setting); inputs scaled to [-1, 1] and
+    squashed by tanh inside every operational layer, which is also the only
+    nonlinearity between layers.
+  * training: Adam, learning rate 1e-3, batch 32, 60 epochs, gradient clipping
+    at norm 1 (higher powers make the early gradients spiky), unweighted
+    cross-entropy; the checkpoint reported is the best by validation UAR.
+
+Launch:
+  avjax train --config experiments/akturk2024.py:fusion --workdir runs/s5_fusion
+  avjax train --config experiments/akturk2024.py:keyframe --workdir runs/s5_keyframe
+  avjax train --config experiments/akturk2024.py:mel --workdir runs/s5_mel
+  avjax train --config experiments/akturk2024.py:fusion,tpu_v3_8 --workdir gs://.../s5_fusion
+  avjax train --config experiments/akturk2024.py:fusion --workdir runs/s5_q1 \\
+      --config.model.q_order=1        # plain CNN of the same shape (the CNN baseline)
+  avjax train --config experiments/akturk2024.py:fusion,smoke --workdir /tmp/s5_smoke
+
+Arguments (comma list): one of `fusion` (default: both branches), `keyframe`
+(key-frame branch only), `mel` (mel branch only), plus any of `smoke` (CPU in
+seconds: 4-wide layers, 6 steps), `demo` (the network above, a few epochs on the
+small synthetic corpus of `avjax demo`), `cpu`, `gpu`, `tpu_v3_8`,
+`kaggle_tpu_v5e_8`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+import _base
+
+VARIANTS = ("fusion", "keyframe", "mel")
+PAPER = {"fusion": 93.0, "keyframe": -1.0, "mel": -1.0}  # RAVDESS.
+PAPER_PROTOCOL = "RAVDESS, split not stated in the review (MEAD 96, MELD 75)"
+BRANCHES = {"fusion": ("keyframe", "mel"), "keyframe": ("keyframe",), "mel": ("mel",)}
+INPUTS = {"keyframe": "keyframe", "mel": "mel_image"}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant, flags = _base.parse_args(arg, VARIANTS, default="fusion")
+  smoke = "smoke" in flags
+  c = _base.base_config(num_epochs=60, batch_size=32, learning_rate=1e-3)
+  c.paper_accuracy = PAPER[variant]
+  c.paper_protocol = PAPER_PROTOCOL
+  c.optimizer.grad_clip_norm = 1.0
+
+  c.data.feature_set = "keyframe_mel"
+  m = c.model
+  m.name = "akturk_onn"
+  m.branches = BRANCHES[variant]
+  m.inputs = tuple(INPUTS[b] for b in BRANCHES[variant])
+  m.q_order = 3
+  m.keyframe_features = (4, 4) if smoke else (16, 32, 64)
+  m.mel_features = (4, 4) if smoke else (16, 32, 64)
+  m.kernel_size = 3
+  m.pool_size = 2
+  m.global_pool = "avg"
+  m.hidden = (8,) if smoke else (128,)
+  m.dropout_rate = 0.0
+
+  _base.apply_hardware(c, flags)
+  if "demo" in flags:
+    _base.apply_demo_train(c)
+    c.train.num_epochs = 15.0
+  if smoke:
+    _base.apply_smoke_train(c)
+  return c
