@@ -44,6 +44,7 @@ def base_config(*, num_epochs: float, batch_size: int = 32,
   """The trainer's whole schema with neutral defaults (see avjax/train/trainer.py)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.system = ""  # e.g. "S1 Sultana 2024", for the results table.
   c.paper_accuracy = -1.0  # Their reported accuracy (%), -1 when none.
   c.paper_protocol = ""
 
@@ -103,6 +104,9 @@ def base_config(*, num_epochs: float, batch_size: int = 32,
   # empty is trained on the fly into <workdir>/branch_<name> with the same data,
   # protocol and fold; its best checkpoint initialises params[<name>].
   c.pretrained = ml_collections.ConfigDict()
+  # Non-empty: branches trained on the fly go to <branch_cache>/<model>-<hash of
+  # their config>, shared by every run with the same branch and fold.
+  c.branch_cache = ""
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})
   c.multihost = False

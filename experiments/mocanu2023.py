@@ -106,6 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   smoke = "smoke" in flags
   dataset = "crema_d" if "crema_d" in flags else "ravdess"
   c = _base.base_config(num_epochs=40, batch_size=16, learning_rate=3e-4)
+  c.system = "S4 Mocanu 2023"
   c.paper_accuracy = PAPER[dataset]
   c.paper_protocol = PAPER_PROTOCOL
   c.data.dataset = dataset

@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, flags = _base.parse_args(arg, VARIANTS, default="audio")
   smoke = "smoke" in flags
   c = _base.base_config(num_epochs=EPOCHS[variant], batch_size=32, learning_rate=1e-3)
+  c.system = "S1 Sultana 2024"
   c.paper_accuracy = PAPER[variant]
   c.paper_protocol = PAPER_PROTOCOL
 

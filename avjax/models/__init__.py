@@ -138,3 +138,4 @@ def get_fit(model_name: str) -> Callable[..., dict] | None:
 from avjax.models import sultana  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from avjax.models import fusion  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from avjax.models import dvemotionnet  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from avjax.models import mocanu  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -12,6 +12,7 @@ statistics), which is the submodule layout `avjax.models.fusion` gives branches.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -32,11 +33,21 @@ _SHARED_DATA_FIELDS = ("dataset", "data_dir", "protocol", "fold", "k", "allow_le
 REPORT = "report.json"
 
 
-def branch_workdir(workdir: str, name: str, entry: Mapping[str, Any], fold: int) -> str:
-  """The branch's workdir: given (`{fold}` is replaced by the fold), or our own."""
+def branch_workdir(workdir: str, name: str, entry: Mapping[str, Any], fold: int,
+                   config: ml_collections.ConfigDict | None = None) -> str:
+  """The branch's workdir: given (`{fold}` is replaced by the fold); else, with
+  `config.branch_cache` set, a cache entry keyed by the branch's whole config (so
+  systems sharing a branch, such as S6 and S1, train it once per fold); else our
+  own `<workdir>/branch_<name>`."""
   given = str(entry.get("workdir", "") or "")
   if given:
     return os.path.abspath(given.replace("{fold}", str(fold)))
+  cache = str(config.get("branch_cache", "") or "") if config is not None else ""
+  if cache:
+    sub = branch_config(config, name).to_dict()
+    sub.pop("config_spec", None)
+    key = hashlib.sha1(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()
+    return os.path.join(os.path.abspath(cache), f"{sub['model']['name']}-{key[:12]}")
   return os.path.join(workdir, f"branch_{name}")
 
 
@@ -84,7 +95,7 @@ def prepare_branches(config: ml_collections.ConfigDict, workdir: str) -> dict[st
   out = {}
   for name in sorted(pretrained):
     entry = pretrained[name]
-    path = branch_workdir(workdir, name, entry, fold)
+    path = branch_workdir(workdir, name, entry, fold, config)
     finished = os.path.exists(os.path.join(path, REPORT))
     if entry.get("workdir"):
       if not os.path.isdir(path):
@@ -95,6 +106,10 @@ def prepare_branches(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       logging.info("training branch %r into %s", name, path)
       trainer.train_and_evaluate(branch_config(config, name), path)
     out[name] = path
+  if out and jax.process_index() == 0:  # Where the branches are, for reports.
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "branches.json"), "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=2)
   return out
 
 
