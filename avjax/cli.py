@@ -80,6 +80,18 @@ def _cmd_cv(args: argparse.Namespace) -> int:
   return 0
 
 
+def _cmd_results(args: argparse.Namespace) -> int:
+  from avjax.train.results import run_results
+  protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+  bad = [p for p in protocols if p not in ("actor", "leaky")]
+  if bad or not protocols:
+    raise UserError(f"--protocols: expected a comma list of actor and leaky, got {args.protocols!r}")
+  folds = [int(f) for f in args.folds.split(",") if f.strip()] if args.folds else None
+  table = run_results(args.configs, args.workdir, args.overrides, protocols, folds)
+  print(table["markdown"])
+  return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
   from avjax.serving.export import export_workdir
   report = export_workdir(args.workdir, args.out, step=args.step,
@@ -196,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated fold indices (default: all folds)")
     p.set_defaults(handler=handler)
 
+  p = sub.add_parser(
+      "results", help="the results table: several configs, actor folds and the leaky split",
+      epilog="Override a field of every config with --config.KEY=VALUE (e.g. "
+             "--config.data.data_dir=DIR).")
+  p.add_argument("--configs", required=True, nargs="+", help="experiments/NAME.py[:ARGS] ...")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--protocols", default="actor,leaky",
+                 help="comma list of actor (the config's actor-independent folds) and "
+                      "leaky (the random clip split, labelled LEAKY)")
+  p.add_argument("--folds", default=None,
+                 help="comma-separated fold indices of the actor protocol (default: all)")
+  p.set_defaults(handler=_cmd_results)
+
   p = sub.add_parser("evaluate", help="write report.json and figures for a trained workdir")
   p.add_argument("--workdir", required=True)
   p.set_defaults(handler=_cmd_evaluate)
@@ -249,8 +274,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     else:
       stray.append(token)
     i += 1
-  if overrides and args.command not in ("train", "cv"):
-    raise UserError(f"{PROG} {args.command}: --config.KEY overrides apply only to train and cv")
+  if overrides and args.command not in ("train", "cv", "results"):
+    raise UserError(f"{PROG} {args.command}: --config.KEY overrides apply only to train, "
+                    "cv and results")
   if stray:
     raise UserError(f"{PROG} {args.command}: unrecognized arguments: {' '.join(stray)}")
   args.overrides = overrides
