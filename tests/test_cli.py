@@ -77,10 +77,11 @@ def test_input_errors_name_the_file(tmp_path, capsys):
   assert rc == 2 and str(tmp_path / "absent") in err and "does not exist" in err
 
 
-def test_unbuilt_subcommands_say_so_plainly(capsys):
+def test_predict_with_a_missing_model_is_a_one_line_error(capsys):
   rc = cli.main(["predict", "clip.mp4", "--model", "m"])
   err = capsys.readouterr().err
-  assert rc == 2 and "not built yet" in err
+  assert rc == 2 and "model directory does not exist" in err
+  assert len(err.strip().splitlines()) == 1
 
 
 def test_verbose_shows_traceback(tmp_path):

@@ -12,6 +12,7 @@ the fly into a temporary directory first, which does import the trainer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,14 +34,16 @@ DEFAULT_BATCH = 16
 class Prediction:
   """Per-window and clip-level results, plus where the time went."""
   file: str
-  model: str
+  model: str                  # the export directory
+  model_name: str             # the registered model it holds
   class_names: list[str]
   duration: float
   window: float
   hop: float
   starts: np.ndarray          # (N,) seconds
   probabilities: np.ndarray   # (N, C)
-  timings: dict[str, float]   # decode, faces, features, model (seconds)
+  timings: dict[str, float]   # wall s of decode, faces, features, model, total; CPU s
+                              # of each stage as `<stage>_cpu`
   face_hit_rate: float | None = None
   files: list[str] = dataclasses.field(default_factory=list)
 
@@ -59,7 +62,8 @@ class Prediction:
 
   def to_json(self) -> dict:
     return {
-        "file": self.file, "model": self.model, "class_names": self.class_names,
+        "file": self.file, "model": self.model, "model_name": self.model_name,
+        "class_names": self.class_names,
         "duration_s": self.duration, "window_s": self.window, "hop_s": self.hop,
         "label": self.label,
         "clip_probabilities": dict(zip(self.class_names,
@@ -116,29 +120,25 @@ def predict_file(path: str, model: artifact.ExportedModel | str, *,
   if batch_size < 1:
     raise UserError(f"batch size must be >= 1, got {batch_size}")
 
-  timings = {}
-  t0 = time.perf_counter()
-  decoded = clip_lib.decode_file(path, model.modalities, faces=False)
-  timings["decode"] = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  decoded = clip_lib.track_faces(decoded)  # Once, over the whole clip.
-  timings["faces"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  starts = clip_lib.window_starts(decoded.duration, window, hop)
-  spec = model.input_spec
-  per_window = [clip_lib.compute_features(decoded.window(s, window), model.feature_sets)
-                for s in starts]
-  inputs = {k: np.stack([w[k] for w in per_window]).astype(spec[k][1]) for k in spec}
-  timings["features"] = time.perf_counter() - t0
-
-  t0 = time.perf_counter()
-  probabilities = model.predict(inputs, batch_size=batch_size)["probabilities"]
-  timings["model"] = time.perf_counter() - t0
-  timings["total"] = sum(timings.values())
+  clock = _StageClock()
+  with clock("decode"):
+    decoded = clip_lib.decode_file(path, model.modalities, faces=False)
+  with clock("faces"):
+    decoded = clip_lib.track_faces(decoded)  # Once, over the whole clip.
+  with clock("features"):
+    starts = clip_lib.window_starts(decoded.duration, window, hop)
+    spec = model.input_spec
+    per_window = [clip_lib.compute_features(decoded.window(s, window), model.feature_sets)
+                  for s in starts]
+    inputs = {k: np.stack([w[k] for w in per_window]).astype(spec[k][1]) for k in spec}
+  with clock("model"):
+    probabilities = model.predict(inputs, batch_size=batch_size)["probabilities"]
+  timings = {**clock.wall, "total": sum(clock.wall.values()),
+             **{f"{k}_cpu": v for k, v in clock.cpu.items()}}
 
   result = Prediction(
-      file=os.path.abspath(path), model=model.directory, class_names=model.class_names,
+      file=os.path.abspath(path), model=model.directory,
+      model_name=str(model.metadata.get("model", "")), class_names=model.class_names,
       duration=float(decoded.duration), window=window, hop=float(hop), starts=starts,
       probabilities=np.asarray(probabilities, np.float32), timings=timings,
       face_hit_rate=None if decoded.frames is None else float(decoded.face_hit_rate))
@@ -149,6 +149,31 @@ def predict_file(path: str, model: artifact.ExportedModel | str, *,
     timeline_figure(result, plot_path)
     result.files.append(os.path.abspath(plot_path))
   return result
+
+
+class _StageClock:
+  """Wall and CPU seconds per stage; CPU includes reaped children (ffmpeg), so it
+  says what a stage costs whatever else the machine is running."""
+
+  def __init__(self):
+    self.wall: dict[str, float] = {}
+    self.cpu: dict[str, float] = {}
+
+  @staticmethod
+  def _cpu() -> float:
+    import resource  # pylint: disable=g-import-not-at-top
+    return sum(u.ru_utime + u.ru_stime for u in (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+  @contextlib.contextmanager
+  def __call__(self, stage: str):
+    wall, cpu = time.perf_counter(), self._cpu()
+    try:
+      yield
+    finally:
+      self.wall[stage] = time.perf_counter() - wall
+      self.cpu[stage] = self._cpu() - cpu
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -178,8 +203,8 @@ def timeline_figure(result: Prediction, path: str) -> None:
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
             title="mean over windows", title_fontsize=7)
   ax.set_title(f"{os.path.basename(result.file)}: {result.label} "
-               f"({_windows(len(result.starts))} of {result.window:.1f} s, hop "
-               f"{result.hop:.1f} s)\nmodel: {os.path.basename(result.model)}", fontsize=9)
+               f"({_windows(len(result.starts))} of {result.window:g} s, hop "
+               f"{result.hop:g} s)\nmodel: {result.model_name} ({os.path.basename(result.model)})", fontsize=9)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)

@@ -1,0 +1,178 @@
+"""Decode a clip once, track its face once, then compute feature sets on it or on
+time windows cut from it.
+
+The one path from a media file to model inputs, for `prepare` (one take, whole
+clip) and `predict` (one file, sliding windows): a served clip is decoded,
+face-tracked and featurised exactly as training data was. Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from input_pipeline import features as features_lib
+from input_pipeline.errors import InputError, MissingModalityError
+
+# Haar detection dominates video precompute; faces move little in 100 ms, and the
+# tracker interpolates between detections.
+FACE_DETECT_EVERY = 3
+# Frames are decoded downscaled to this longest side: every feature set crops a
+# face to at most 112 px, and 1280x720 RGB frames would cost 300 MB per clip.
+VIDEO_MAX_SIDE = 480
+NO_VIDEO = -1.0  # face_hit_rate of a clip without video frames
+
+WAV_EXTENSIONS = (".wav", ".wave")
+
+# The span of a clip that each feature set looks at (seconds), where it has one:
+# the default window of `predict`. Sets that summarise a whole clip of any length
+# (handcrafted162, keyframe_mel, snippets) take DEFAULT_WINDOW_SECONDS.
+NATURAL_SECONDS = {
+    "logmel": 4.0,                     # 400 frames x 10 ms
+    "mfcc": 3.6,                       # 180 frames x 20 ms
+    "frames3d_gray_80x70x30": 3.0,     # the centre 3 s
+    "frames2d_64": 4.0,                # 24 frames, every 5th, at 30 fps
+    "stip": 3.2,                       # 48 frames at ~15 fps
+}
+DEFAULT_WINDOW_SECONDS = 3.0
+
+
+def natural_window(feature_sets: Sequence[str]) -> float:
+  """The longest natural span of the sets: every set then sees all it would see
+  in a training clip of that length."""
+  return max(NATURAL_SECONDS.get(name, DEFAULT_WINDOW_SECONDS) for name in feature_sets)
+
+
+def modalities_of(feature_sets: Sequence[str]) -> tuple[str, ...]:
+  needed = {m for name in feature_sets for m in features_lib.get_feature_set(name).modalities}
+  return tuple(m for m in features_lib.MODALITIES if m in needed)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedClip:
+  """A clip decoded once: what the features need plus the face-track statistics
+  `prepare` records. Audio fields are None without audio, video fields without video."""
+  clip_id: str
+  audio: np.ndarray | None = None        # float32 mono in [-1, 1], the file's own rate
+  sample_rate: int | None = None
+  frames: np.ndarray | None = None       # uint8 RGB (T, H, W, 3), at most VIDEO_MAX_SIDE
+  fps: float | None = None
+  face_boxes: np.ndarray | None = None   # (T, 4) float32
+  face_hit_rate: float = NO_VIDEO
+  face_fallback_frames: int = 0
+  face_centre_fallback: bool = False
+
+  @property
+  def duration(self) -> float:
+    """Seconds covered by the longer of the decoded streams."""
+    spans = [0.0]
+    if self.audio is not None and self.sample_rate:
+      spans.append(len(self.audio) / self.sample_rate)
+    if self.frames is not None and self.fps:
+      spans.append(len(self.frames) / self.fps)
+    return max(spans)
+
+  def media(self) -> features_lib.ClipMedia:
+    return features_lib.ClipMedia(clip_id=self.clip_id, audio=self.audio,
+                                  sample_rate=self.sample_rate, frames=self.frames,
+                                  fps=self.fps, face_boxes=self.face_boxes)
+
+  def window(self, start: float, seconds: float) -> features_lib.ClipMedia:
+    """[start, start + seconds) of the clip; the boxes are the whole-clip track's,
+    so a window's face crop does not depend on where the window falls."""
+    audio = frames = boxes = None
+    if self.audio is not None:
+      a0 = int(round(start * self.sample_rate))
+      audio = self.audio[a0:a0 + int(round(seconds * self.sample_rate))]
+      if audio.size == 0:  # A window past the audio's end (video a bit longer).
+        audio = np.zeros((1,), np.float32)
+    if self.frames is not None:
+      f0 = min(int(round(start * self.fps)), len(self.frames) - 1)
+      f1 = max(f0 + 1, int(round((start + seconds) * self.fps)))
+      frames = self.frames[f0:f1]
+      boxes = None if self.face_boxes is None else self.face_boxes[f0:f1]
+    return features_lib.ClipMedia(
+        clip_id=f"{self.clip_id}@{start:.2f}s", audio=audio,
+        sample_rate=self.sample_rate if audio is not None else None,
+        frames=frames, fps=self.fps if frames is not None else None, face_boxes=boxes)
+
+
+def decode(clip_id: str, *, audio_file: str | None = None, video_file: str | None = None,
+           need_audio: bool = False, need_video: bool = False, faces: bool = True,
+           max_side: int = VIDEO_MAX_SIDE) -> DecodedClip:
+  """Decodes the needed streams and (with `faces`) tracks the face over every frame.
+
+  Raises InputError (MissingModalityError for an absent stream) naming the file."""
+  from input_pipeline import media  # pylint: disable=g-import-not-at-top
+  audio = sample_rate = frames = fps = None
+  if need_audio:
+    if audio_file is None:
+      raise InputError(video_file or clip_id, "no audio file for this take")
+    audio, sample_rate = media.read_audio(audio_file)
+  if need_video:
+    if video_file is None:
+      raise InputError(audio_file or clip_id, "no video file for this take")
+    frames, fps = media.read_video(video_file, max_side=max_side)
+    if not fps or fps <= 0:
+      raise InputError(video_file, "video stream has no frame rate")
+  clip = DecodedClip(clip_id=clip_id, audio=audio, sample_rate=sample_rate, frames=frames,
+                     fps=fps)
+  return track_faces(clip) if faces else clip
+
+
+def track_faces(clip: DecodedClip, every: int = FACE_DETECT_EVERY) -> DecodedClip:
+  """The clip with its face track over every frame (unchanged without video)."""
+  if clip.frames is None:
+    return clip
+  from input_pipeline import face as face_lib  # cv2: imported only when tracking.
+  track = face_lib.track_faces(clip.frames, every=every)
+  return dataclasses.replace(
+      clip, face_boxes=track.boxes, face_hit_rate=float(track.hit_rate),
+      face_fallback_frames=int(np.sum(track.source != face_lib.DETECTED)),
+      face_centre_fallback=bool(np.any(track.source == face_lib.CENTRE)))
+
+
+def decode_file(path: str, modalities: Sequence[str], *, faces: bool = True) -> DecodedClip:
+  """One user file (wav, or a container with audio and/or video) for `predict`.
+
+  The streams are checked before anything is decoded, so a model that needs a
+  stream the file lacks fails in milliseconds with a one-line reason."""
+  from input_pipeline import media
+  path = os.fspath(path)
+  is_wav = path.lower().endswith(WAV_EXTENSIONS)
+  info = media.probe(path)  # Header only: empty, text and corrupt files stop here.
+  has_audio, has_video = info.has_audio, info.has_video and not is_wav
+  for modality, present in (("audio", has_audio), ("video", has_video)):
+    if modality in modalities and not present:
+      raise MissingModalityError(
+          path, modality, f"the model needs {modality} but the file has no "
+                          f"{modality} track")
+  return decode(os.path.basename(path), audio_file=path,
+                video_file=None if is_wav else path,
+                need_audio="audio" in modalities, need_video="video" in modalities,
+                faces=faces)
+
+
+def compute_features(media: features_lib.ClipMedia,
+                     feature_sets: Sequence[str]) -> dict[str, np.ndarray]:
+  """Every set's arrays for one clip (or window), merged into one dict."""
+  out: dict[str, np.ndarray] = {}
+  for name in feature_sets:
+    out.update(features_lib.get_feature_set(name).compute(media))
+  return out
+
+
+def window_starts(duration: float, window: float, hop: float) -> np.ndarray:
+  """Start times of the windows: as many full windows as fit, `hop` apart from 0;
+  a clip shorter than one window gives one window at 0 (the feature sets pad)."""
+  if not window > 0 or not hop > 0:
+    raise ValueError(f"window and hop must be > 0, got {window} and {hop}")
+  if duration <= window:
+    return np.zeros((1,), np.float64)
+  # The epsilon keeps 3.0 / 1.0 from landing just under an integer.
+  n = 1 + math.floor((duration - window) / hop + 1e-9)
+  return np.arange(n, dtype=np.float64) * hop
