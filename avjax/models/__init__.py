@@ -139,3 +139,4 @@ from avjax.models import sultana  # noqa: E402,F401  pylint: disable=g-import-no
 from avjax.models import fusion  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from avjax.models import dvemotionnet  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from avjax.models import mocanu  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from avjax.models import akturk  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from input_pipeline import clip as clip_lib
 from input_pipeline import features as features_lib
 from input_pipeline.errors import InputError
 
@@ -37,13 +38,10 @@ log = logging.getLogger(__name__)
 
 MEDIA_EXTENSIONS = (".mp4", ".wav", ".flv", ".avi", ".mov", ".mkv", ".webm", ".m4a", ".mp3")
 VIDEO_EXTENSIONS = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm")
-NO_VIDEO = -1.0  # face_hit_rate of an example without video frames
-# Haar detection dominates video precompute; faces move little in 100 ms, and the
-# tracker interpolates between detections.
-FACE_DETECT_EVERY = 3
-# Frames are decoded downscaled to this longest side: every feature set crops a
-# face to at most 112 px, and 1280x720 RGB frames would cost 300 MB per clip.
-VIDEO_MAX_SIDE = 480
+# Decoding constants live with the shared decode path (input_pipeline/clip.py).
+NO_VIDEO = clip_lib.NO_VIDEO
+FACE_DETECT_EVERY = clip_lib.FACE_DETECT_EVERY
+VIDEO_MAX_SIDE = clip_lib.VIDEO_MAX_SIDE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,37 +112,29 @@ def metadata_features(class_names: Sequence[str]) -> dict:
 
 
 def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip]:
-  """Decodes a take and computes one feature set. Runs in worker processes."""
-  from input_pipeline import face as face_lib  # Imported here: heavy, worker-side.
-  from input_pipeline import media
+  """Decodes a take and computes one feature set. Runs in worker processes.
+
+  Decoding and face tracking go through input_pipeline.clip, the path `predict`
+  takes too, so a served clip is featurised exactly as a training one."""
+  from input_pipeline import media  # Imported here: heavy, worker-side.
 
   feature_set = features_lib.get_feature_set(feature_set_name)
   need_audio = "audio" in feature_set.modalities
   need_video = "video" in feature_set.modalities
-  audio = sample_rate = frames = fps = boxes = None
-  hit_rate, fallback_frames, centre = NO_VIDEO, 0, False
   try:
-    if need_audio:
-      if take.audio_file is None:
-        raise InputError(take.video_file or take.take_id, "no audio file for this take")
-      audio, sample_rate = media.read_audio(take.audio_file)
-    if need_video:
-      if take.video_file is None:
-        raise InputError(take.audio_file or take.take_id, "no video file for this take")
-      frames, fps = media.read_video(take.video_file, max_side=VIDEO_MAX_SIDE)
-      track = face_lib.track_faces(frames, every=FACE_DETECT_EVERY)
-      boxes = track.boxes
-      hit_rate = float(track.hit_rate)
-      fallback_frames = int(np.sum(track.source != face_lib.DETECTED))
-      centre = bool(np.any(track.source == face_lib.CENTRE))
-    clip = features_lib.ClipMedia(clip_id=take.take_id, audio=audio, sample_rate=sample_rate,
-                                  frames=frames, fps=fps, face_boxes=boxes)
-    values = feature_set.compute(clip)
+    decoded = clip_lib.decode(take.take_id, audio_file=take.audio_file,
+                              video_file=take.video_file, need_audio=need_audio,
+                              need_video=need_video)
+    values = feature_set.compute(decoded.media())
   except InputError as e:
     return take.take_id, Skip(take.files, e.cause if e.path else str(e), take.take_id)
   except Exception as e:  # noqa: BLE001 - a broken clip must not end a 1440-clip build.
     return take.take_id, Skip(take.files, f"{type(e).__name__}: {' '.join(str(e).split())}",
                               take.take_id)
+  audio, frames = decoded.audio, decoded.frames
+  hit_rate = decoded.face_hit_rate
+  fallback_frames = decoded.face_fallback_frames
+  centre = decoded.face_centre_fallback
   has_audio = audio is not None
   if not need_audio and take.audio_file is not None:
     # Not decoded for this feature set, but recorded honestly: a container may
