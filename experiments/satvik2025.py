@@ -23,9 +23,10 @@ Choices the paper leaves open (ours):
   * Audio: our `mfcc` set (20 MFCCs, 180 frames of 20 ms at 16 kHz, end-padded,
     with a mask) rather than librosa's defaults at 48 kHz; per-clip mean/variance
     normalisation of each coefficient over the real frames (`model.cmvn`; the
-    paper says only "normalized"); padded frames zeroed before the convolutions
-    and skipped by the LSTMs (`model.mask_lstm`; False runs them through the
-    padding as Keras without masking would). 3x3 'SAME' convolutions with ReLU
+    paper says only "normalized"); padding masked (`model.mask_padding`: padded
+    frames and their activations zeroed after each convolution block, LSTMs
+    stopped at the last real step; False runs the layers through the padding as
+    Keras without masking would). 3x3 'SAME' convolutions with ReLU
     before each BatchNorm (Keras' momentum 0.99, epsilon 1e-3), max-pools 2x2;
     dropout 0.25 after each pool and 0.5 after the Dense 64; learning rate 1e-3
     (Keras' Adam default); the plateau window is one epoch of training losses.
@@ -80,7 +81,7 @@ def _unimodal_model(modality: str, smoke: bool) -> ml_collections.ConfigDict:
     m.conv_dropout_rate = 0.25
     m.dropout_rate = 0.5
     m.cmvn = True
-    m.mask_lstm = True
+    m.mask_padding = True
   else:
     m.name = "frame_cnn2d"
     m.inputs = ("frames2d", "frames2d_mask")

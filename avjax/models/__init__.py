@@ -140,3 +140,4 @@ from avjax.models import fusion  # noqa: E402,F401  pylint: disable=g-import-not
 from avjax.models import dvemotionnet  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from avjax.models import mocanu  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from avjax.models import akturk  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from avjax.models import satvik  # noqa: E402,F401  pylint: disable=g-import-not-at-top

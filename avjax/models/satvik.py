@@ -73,7 +73,8 @@ class FrameCNN2D(nn.Module):
     log_probs = jax.nn.log_softmax(frame_logits.astype(jnp.float32)).reshape((b, t, -1))
 
     # Masked means in float32; `where` (not a product) so that even a non-finite
-    # padded frame cannot leak in through 0 * inf.
+    # padded frame cannot leak in through 0 * inf. A clip without any real frame
+    # gets all-zero logits (a uniform prediction).
     weights = mask[..., None]
     n = jnp.maximum(jnp.sum(weights, axis=1), 1.0)
     real = weights > 0
@@ -89,13 +90,16 @@ class MFCCConvLSTM(nn.Module):
   time -> Dense 64 + dropout -> logits.
 
   After the convolutions each time step's (frequency x channel) map is flattened
-  into one LSTM input vector. Padding: frames outside the mask are zeroed before
-  the convolutions, and with `mask_lstm` the LSTMs stop at the last pooled step
-  that holds a real frame (flax's `seq_lengths`), so a clip's output does not
-  depend on how much padding follows it. The paper zero-pads to the longest clip
-  and runs the LSTM through the padding (Keras without masking); `mask_lstm=False`
-  does that. With `cmvn`, each coefficient is normalised per clip over its real
-  frames (the paper says its MFCCs are "normalized", not how).
+  into one LSTM input vector. Padding (`mask_padding`): frames outside the mask
+  are zeroed before the convolutions and the activations of padded steps after
+  each convolution block, and the LSTMs stop at the last step that holds a real
+  frame (flax's `seq_lengths`), so in eval mode a clip's output depends neither
+  on what the padding holds nor on how long it is (in train mode BatchNorm's
+  batch statistics still count padded positions). The paper zero-pads to the
+  longest clip and runs its layers through the padding (Keras without masking);
+  `mask_padding=False` does that, apart from zeroing the padded input frames.
+  With `cmvn`, each coefficient is normalised per clip over its real frames (the
+  paper says its MFCCs are "normalized", not how).
   """
   num_classes: int = 8
   conv_features: Sequence[int] = (64, 128, 256)
@@ -104,7 +108,7 @@ class MFCCConvLSTM(nn.Module):
   conv_dropout_rate: float = 0.25
   dropout_rate: float = 0.5
   cmvn: bool = True
-  mask_lstm: bool = True
+  mask_padding: bool = True
   input_key: str = "mfcc"
   mask_key: str | None = "mfcc_mask"
   dtype: Any = jnp.float32
@@ -127,22 +131,33 @@ class MFCCConvLSTM(nn.Module):
       return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
                           dtype=self.dtype)(y)
 
+    # Time mask at the current resolution, (B, T', 1, 1); a pooled step is real
+    # when any frame of its window is.
+    m = mask[..., None]
+
+    def masked(y, m):
+      return y * m.astype(y.dtype) if self.mask_padding else y
+
+    def pool(y, m):
+      t = y.shape[1] // 2
+      m = m[:, :2 * t].reshape((m.shape[0], t, 2, 1, 1)).max(axis=2)
+      return max_pool(y, (2, 2), strides=(2, 2)), m
+
     c1, c2, c3 = self.conv_features
-    x = bn(nn.relu(conv(c1, (3, 3), padding="SAME", dtype=self.dtype)(x)))
-    x = bn(nn.relu(conv(c2, (3, 3), padding="SAME", dtype=self.dtype)(x)))
-    x = max_pool(x, (2, 2), strides=(2, 2))
+    x = masked(bn(nn.relu(conv(c1, (3, 3), padding="SAME", dtype=self.dtype)(x))), m)
+    x = masked(bn(nn.relu(conv(c2, (3, 3), padding="SAME", dtype=self.dtype)(x))), m)
+    x, m = pool(x, m)
     x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
-    x = nn.relu(conv(c3, (3, 3), padding="SAME", dtype=self.dtype)(x))
-    x = max_pool(x, (2, 2), strides=(2, 2))
+    x = masked(nn.relu(conv(c3, (3, 3), padding="SAME", dtype=self.dtype)(x)), m)
+    x, m = pool(x, m)
     x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
     b, steps = x.shape[:2]
     x = x.reshape((b, steps, -1))  # Time is the sequence; (freq x channel) per step.
 
     seq_lengths = None
-    if self.mask_lstm:
-      # A pooled step is real when any frame of its window is (two 2-pools = 4).
-      pooled = mask[:, :steps * 4, 0].reshape((b, steps, 4)).max(axis=-1)
-      seq_lengths = jnp.maximum(jnp.sum(pooled, axis=1), 1).astype(jnp.int32)
+    if self.mask_padding:  # Mask is end-padding: the real steps come first.
+      seq_lengths = jnp.maximum(jnp.sum(m[:, :, 0, 0], axis=1), 1).astype(jnp.int32)
+
     def lstm(width):
       # Input kernels: flax's default LeCun normal, drawn flat (quicker to compile
       # on CPU); recurrent kernels keep the default orthogonal init (as Keras).
