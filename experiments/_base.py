@@ -8,6 +8,9 @@ Conventions of every config in this directory:
   * `get_config(arg)` takes a comma list: one variant (e.g. `audio`, `video`,
     `fusion`) plus any of `smoke`, `demo` and a hardware name from HARDWARE.
   * `smoke` shrinks everything to run on a CPU in seconds (a few steps).
+  * `small` narrows the networks so that they train for real (many epochs) on
+    a CPU: the size `avjax results` uses on the synthetic corpus. It measures
+    the pipeline and the protocols, not the papers' capacity.
   * `paper_accuracy` is the paper's reported number for this variant, and
     `paper_protocol` says how they measured it, for the results table.
 """
@@ -19,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import ml_collections
 
 HARDWARE = ("cpu", "gpu", "tpu_v3_8", "kaggle_tpu_v5e_8")
-COMMON_FLAGS = ("smoke", "demo", *HARDWARE)
+COMMON_FLAGS = ("smoke", "small", "demo", *HARDWARE)
 
 
 def parse_args(arg: str | None, variants: Sequence[str], default: str,
@@ -129,6 +132,14 @@ def apply_demo_train(c: ml_collections.ConfigDict) -> None:
   """`demo`: the paper's network, a few epochs on the small synthetic corpus."""
   c.train.global_batch_size = 16
   c.train.log_every_steps = 5
+  c.train.keep_checkpoints = 1
+
+
+def apply_small_train(c: ml_collections.ConfigDict, num_epochs: float = 20.0) -> None:
+  """`small`: CPU-sized networks trained for real on the synthetic corpus."""
+  c.train.global_batch_size = 16
+  c.train.num_epochs = float(num_epochs)
+  c.train.log_every_steps = 10
   c.train.keep_checkpoints = 1
 
 

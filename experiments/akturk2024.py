@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, flags = _base.parse_args(arg, VARIANTS, default="fusion")
   smoke = "smoke" in flags
   c = _base.base_config(num_epochs=60, batch_size=32, learning_rate=1e-3)
+  c.system = "S5 Aktürk 2024"
   c.paper_accuracy = PAPER[variant]
   c.paper_protocol = PAPER_PROTOCOL
   c.optimizer.grad_clip_norm = 1.0
@@ -69,18 +70,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.branches = BRANCHES[variant]
   m.inputs = tuple(INPUTS[b] for b in BRANCHES[variant])
   m.q_order = 3
-  m.keyframe_features = (4, 4) if smoke else (16, 32, 64)
-  m.mel_features = (4, 4) if smoke else (16, 32, 64)
+  small = "small" in flags and not smoke
+  m.keyframe_features = (4, 4) if smoke else (8, 16, 32) if small else (16, 32, 64)
+  m.mel_features = (4, 4) if smoke else (8, 16, 32) if small else (16, 32, 64)
   m.kernel_size = 3
   m.pool_size = 2
   m.global_pool = "avg"
-  m.hidden = (8,) if smoke else (128,)
+  m.hidden = (8,) if smoke else (32,) if small else (128,)
   m.dropout_rate = 0.0
 
   _base.apply_hardware(c, flags)
   if "demo" in flags:
     _base.apply_demo_train(c)
     c.train.num_epochs = 15.0
+  if small:
+    _base.apply_small_train(c, num_epochs=20)
   if smoke:
     _base.apply_smoke_train(c)
   return c

@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, flags = _base.parse_args(arg, VARIANTS, default="fusion")
   smoke = "smoke" in flags
   c = _base.base_config(num_epochs=100, batch_size=32, learning_rate=1e-3)
+  c.system = "S2 Dommeti 2024"
   c.paper_accuracy = PAPER[variant]
   c.paper_protocol = PAPER_PROTOCOL
 
@@ -100,6 +101,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _base.apply_demo_train(c)
     c.train.num_epochs = 30.0
     c.model.mfa_k2 = 20  # A few dozen clips per class.
+  if "small" in flags:  # FERCNN is cheap: the paper's network, fewer epochs.
+    _base.apply_small_train(c, num_epochs=30)
+    c.model.mfa_k2 = 20
   if smoke:
     _base.apply_smoke_train(c)
     c.model.features = (8, 8, 8, 8, 8)

@@ -122,18 +122,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m = c.model
   m.name = "mocanu_av"
   m.inputs = ("video_snippets", "audio_snippets")
-  m.widths = (4, 8) if smoke else (64, 128, 256, 512)
-  m.blocks = (1, 1) if smoke else (2, 2, 2, 2)
-  m.stem_stride = (1, 4, 4) if smoke else (1, 2, 2)
+  small = "small" in flags and not smoke
+  m.widths = (4, 8) if smoke else (8, 16, 32) if small else (64, 128, 256, 512)
+  m.blocks = (1, 1) if smoke else (1, 1, 1) if small else (2, 2, 2, 2)
+  m.stem_stride = (1, 4, 4) if smoke or small else (1, 2, 2)
   m.audio_stem_stride = 2
   m.audio_stem_pool = True
   m.attention_reduction = 2 if smoke else 16
   m.spatial_kernel = (1, 7, 7)
-  m.model_dim = 8 if smoke else 256
+  m.model_dim = 8 if smoke else 32 if small else 256
   m.num_heads = 2 if smoke else 4
-  m.temporal_hidden = 8 if smoke else 128
-  m.fusion_dim = 8 if smoke else 256
+  m.temporal_hidden = 8 if smoke else 16 if small else 128
+  m.fusion_dim = 8 if smoke else 32 if small else 256
   m.dropout_rate = 0.0 if smoke else 0.3
+  if small:
+    m.attention_reduction = 4
 
   c.loss.weights = {"cross_entropy": 1.0, "emotion_triplet": 0.5}
   c.loss.triplet_margin = 0.2
@@ -150,6 +153,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _base.apply_demo_train(c)
     c.train.num_epochs = 15.0
     c.optimizer.warmup_steps = 20
+  if small:
+    _base.apply_small_train(c, num_epochs=20)
+    c.optimizer.warmup_steps = 20
+    c.optimizer.learning_rate = 1e-3
   if smoke:
     _base.apply_smoke_train(c)
     c.optimizer.warmup_steps = 2

@@ -32,7 +32,9 @@ Launch:
   avjax train --config experiments/sultana2024.py:fusion,smoke --workdir /tmp/s1_smoke
 
 Arguments (comma list): one of `audio`, `video`, `fusion`, plus any of `smoke`
-(CPU in seconds: tiny widths, 6 steps), `demo` (the paper's network, a few epochs
+(CPU in seconds: tiny widths, 6 steps), `small` (audio 32/64/64 and video
+8/8/16/16 filters, the paper's epochs at batch 16: the results table's size on a
+CPU), `demo` (the paper's network, a few epochs
 on the small synthetic corpus of `avjax demo`), `cpu`, `gpu`, `tpu_v3_8`,
 `kaggle_tpu_v5e_8`.
 """
@@ -49,19 +51,21 @@ EPOCHS = {"audio": 25, "video": 20, "fusion": 12}
 VARIANTS = ("audio", "video", "fusion")
 
 
-def _unimodal_model(modality: str, smoke: bool) -> ml_collections.ConfigDict:
+def _unimodal_model(modality: str, size: str) -> ml_collections.ConfigDict:
+  """size: 'smoke', 'small' (CPU-trainable) or 'full' (the paper's)."""
   m = ml_collections.ConfigDict()
   if modality == "audio":
     m.name = "sultana_audio"
     m.inputs = ("mfcc", "mfcc_mask")
-    m.features = (8, 8) if smoke else (64, 128, 128)
+    m.features = {"smoke": (8, 8), "small": (32, 64, 64)}.get(size, (64, 128, 128))
     m.kernel_size = 5
-    m.hidden = (16, 64) if smoke else (256, 64)
+    m.hidden = {"smoke": (16, 64), "small": (128, 64)}.get(size, (256, 64))
     m.cmvn = True
   else:
     m.name = "sultana_video"
     m.inputs = ("frames3d",)
-    m.features = (4, 4, 4, 4) if smoke else (16, 16, 32, 32)
+    m.features = {"smoke": (4, 4, 4, 4), "small": (8, 8, 16, 16)}.get(
+        size, (16, 16, 32, 32))
     m.hidden = (64,)
   m.dropout_rate = 0.0
   return m
@@ -73,16 +77,17 @@ _FEATURE_SET = {"audio": "mfcc", "video": "frames3d_gray_80x70x30"}
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant, flags = _base.parse_args(arg, VARIANTS, default="audio")
   smoke = "smoke" in flags
+  size = "smoke" if smoke else "small" if "small" in flags else "full"
   c = _base.base_config(num_epochs=EPOCHS[variant], batch_size=32, learning_rate=1e-3)
   c.system = "S1 Sultana 2024"
   c.paper_accuracy = PAPER[variant]
   c.paper_protocol = PAPER_PROTOCOL
 
   if variant in ("audio", "video"):
-    c.model.update(_unimodal_model(variant, smoke))
+    c.model.update(_unimodal_model(variant, size))
     c.data.feature_set = _FEATURE_SET[variant]
   else:
-    branches = {m: _unimodal_model(m, smoke) for m in ("audio", "video")}
+    branches = {m: _unimodal_model(m, size) for m in ("audio", "video")}
     c.model.name = "feature_concat_fusion"
     c.model.branches = ml_collections.ConfigDict(
         {m: b.to_dict() for m, b in branches.items()})
@@ -101,6 +106,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "demo" in flags:
     _base.apply_demo_train(c)
     c.train.num_epochs = 12.0
+  if "small" in flags:
+    _base.apply_small_train(c, num_epochs=EPOCHS[variant])
   if smoke:
     _base.apply_smoke_train(c)
   return c
