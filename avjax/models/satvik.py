@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from avjax import layers
 from avjax.models import conv, conv_kernel_init, max_pool, register_model
 
 Array = Any
@@ -120,11 +121,8 @@ class MFCCConvLSTM(nn.Module):
     x = jnp.asarray(inputs[self.input_key], jnp.float32)  # (B, T, F)
     mask = _mask_or_ones(inputs, self.mask_key, x.shape[:2])[..., None]  # (B, T, 1)
     x = jnp.where(mask > 0, x, 0.0)  # `where`: even inf in the padding stays out.
-    if self.cmvn:  # Statistics in float32 whatever the compute dtype.
-      n = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)
-      mean = jnp.sum(x * mask, axis=1, keepdims=True) / n
-      var = jnp.sum(jnp.square((x - mean) * mask), axis=1, keepdims=True) / n
-      x = (x - mean) * jax.lax.rsqrt(var + 1e-5)
+    if self.cmvn:
+      x = layers.masked_cmvn(x, mask)
     x = jnp.where(mask > 0, x, 0.0).astype(self.dtype)[..., None]  # (B, T, F, 1)
 
     def bn(y):

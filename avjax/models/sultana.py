@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from avjax import layers
 from avjax.models import conv, max_pool, register_model
 
 Array = Any
@@ -65,11 +65,8 @@ class Conv1DAudioNet(nn.Module):
     mask = jnp.ones(x.shape[:2] + (1,), jnp.float32)
     if self.mask_key and self.mask_key in inputs:
       mask = jnp.asarray(inputs[self.mask_key], jnp.float32)[..., None]
-    if self.cmvn:  # Statistics in float32 whatever the compute dtype.
-      n = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)
-      mean = jnp.sum(x * mask, axis=1, keepdims=True) / n
-      var = jnp.sum(jnp.square((x - mean) * mask), axis=1, keepdims=True) / n
-      x = (x - mean) * jax.lax.rsqrt(var + 1e-5)
+    if self.cmvn:
+      x = layers.masked_cmvn(x, mask)
     # Padded frames are zeroed so that what the pad holds cannot leak in.
     x = (x * mask).astype(self.dtype)
     for width in self.features:

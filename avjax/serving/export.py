@@ -104,7 +104,6 @@ def _class_names(workdir: str, config) -> tuple[str, ...]:
 def restore_workdir(workdir: str, step: int | None = None) -> Restored:
   """The best (or given) checkpoint's variables and the model that reads them."""
   import jax  # pylint: disable=g-import-not-at-top
-  from avjax.train import checkpoint as ckpt_lib
   from avjax.train import evaluate, trainer
   from input_pipeline import loader
   workdir = os.path.abspath(workdir)
@@ -126,16 +125,7 @@ def restore_workdir(workdir: str, step: int | None = None) -> Restored:
   mesh = trainer._mesh(config)  # pylint: disable=protected-access
   setup = trainer.build(config, info, mesh)
   best_metric = config.train.get("best_metric") or None
-  checkpointer = ckpt_lib.Checkpointer(workdir, best_metric=best_metric,
-                                       best_mode=config.train.get("best_mode", "max"),
-                                       read_only=True)
-  try:
-    step = checkpointer.best_step() if step is None else step
-    if step is None:
-      raise UserError(f"{workdir}: no checkpoint to export")
-    state = trainer.restore_state(setup, checkpointer, step)
-  finally:
-    checkpointer.close()
+  state, step = trainer.restore_best(setup, workdir, step, purpose="export")
   variables = jax.device_get({"params": state.params, **state.model_state})
   return Restored(config=config, model=setup.model, variables=variables,
                   class_names=class_names, feature_sets=feature_sets, input_keys=input_keys,

@@ -122,16 +122,7 @@ def evaluate_workdir(workdir: str, *, datasets=None,
     datasets = trainer._create_datasets(config, mesh)  # pylint: disable=protected-access
   setup = setup or trainer.build(config, datasets.info, mesh)
   best_metric = config.train.get("best_metric") or None
-  checkpointer = ckpt_lib.Checkpointer(workdir, best_metric=best_metric,
-                                       best_mode=config.train.get("best_mode", "max"),
-                                       read_only=True)
-  try:
-    step = checkpointer.best_step() if step is None else step
-    if step is None:
-      raise UserError(f"{workdir}: no checkpoint to evaluate")
-    state = trainer.restore_state(setup, checkpointer, step)
-  finally:
-    checkpointer.close()
+  state, step = trainer.restore_best(setup, workdir, step, purpose="evaluate")
   results = trainer.run_evals(setup, state, datasets.evals)
   report = build_report(results, datasets.info,
                         config_name=config.get("config_spec", None) or config.model.name,

@@ -126,7 +126,6 @@ def graft_branches(setup, state, config, branch_dirs: Mapping[str, str], info):
   checkpoint of each branch run; returns the new state, sharded like the old."""
   if not branch_dirs:
     return state
-  from avjax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from avjax.train import trainer  # pylint: disable=g-import-not-at-top
   params = flax.core.unfreeze(jax.device_get(state.params))
   model_state = flax.core.unfreeze(jax.device_get(state.model_state))
@@ -136,16 +135,9 @@ def graft_branches(setup, state, config, branch_dirs: Mapping[str, str], info):
                       f"(its parameters: {sorted(params)})")
     sub_config = _load_branch_config(path, config, name)
     sub_setup = trainer.build(sub_config, info, setup.mesh)
-    checkpointer = ckpt_lib.Checkpointer(
-        path, best_metric=sub_config.train.get("best_metric") or None,
-        best_mode=sub_config.train.get("best_mode", "max"), read_only=True)
-    try:
-      step = checkpointer.best_step()
-      if step is None:
-        raise UserError(f"{path}: pretrained branch {name!r} has no checkpoint")
-      sub_state = jax.device_get(trainer.restore_state(sub_setup, checkpointer, step))
-    finally:
-      checkpointer.close()
+    sub_state, step = trainer.restore_best(sub_setup, path,
+                                           purpose=f"use as pretrained branch {name!r}")
+    sub_state = jax.device_get(sub_state)
     want = jax.tree.map(np.shape, params[name])
     got = jax.tree.map(np.shape, flax.core.unfreeze(sub_state.params))
     if want != got:

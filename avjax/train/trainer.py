@@ -250,6 +250,24 @@ def restore_state(setup: Setup, checkpointer: ckpt_lib.Checkpointer, step: int) 
   return checkpointer.restore_state(step, target)
 
 
+def restore_best(setup: Setup, workdir: str, step: int | None = None, *,
+                 purpose: str = "evaluate") -> tuple[TrainState, int]:
+  """The best checkpoint of `workdir` by its run's metric (the latest if it tracks
+  none), or `step`, restored onto `setup`'s mesh. Evaluate, export and the
+  grafting of pretrained branches all pick the checkpoint this way."""
+  config = setup.config
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir, best_metric=config.train.get("best_metric") or None,
+      best_mode=config.train.get("best_mode", "max"), read_only=True)
+  try:
+    step = checkpointer.best_step() if step is None else step
+    if step is None:
+      raise UserError(f"{workdir}: no checkpoint to {purpose}")
+    return restore_state(setup, checkpointer, step), int(step)
+  finally:
+    checkpointer.close()
+
+
 # --- evals -------------------------------------------------------------------------
 
 
