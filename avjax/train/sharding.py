@@ -3,8 +3,9 @@
 One code path for 1 CPU device, 8 simulated ones, a GPU, a TPU v3-8/v5e-8 or a pod
 slice: a 2D mesh ('data', 'model') over every device, batches split on 'data',
 parameters replicated or split on 'model' by a shape rule. Multi-host start-up is
-explicit (a flag or AVJAX_MULTIHOST=1) and must run before anything asks JAX
-about devices, because the first device query fixes the backend.
+explicit (a flag, AVJAX_MULTIHOST=1, or AVJAX_COORDINATOR with AVJAX_NUM_PROCESSES
+and AVJAX_PROCESS_ID) and must run before anything asks JAX about devices, because
+the first device query fixes the backend.
 """
 
 from __future__ import annotations
@@ -24,23 +25,82 @@ DATA, MODEL = "data", "model"
 _distributed_initialized = False
 
 
+# Explicit multi-host start-up (a CPU/GPU cluster, or several processes on one
+# machine): all three set, or none (then JAX auto-detects, as on Cloud TPU pods).
+ENV_COORDINATOR = "AVJAX_COORDINATOR"      # host:port of process 0's coordinator
+ENV_NUM_PROCESSES = "AVJAX_NUM_PROCESSES"  # total number of processes
+ENV_PROCESS_ID = "AVJAX_PROCESS_ID"        # this process, in [0, num_processes)
+_ENV_ARGS = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+
+
 def multihost_requested(flag: bool | None = None) -> bool:
-  return bool(flag) or os.environ.get("AVJAX_MULTIHOST", "0") == "1"
+  return (bool(flag) or os.environ.get("AVJAX_MULTIHOST", "0") == "1"
+          or bool(os.environ.get(ENV_COORDINATOR)))
+
+
+def distributed_args_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+  """`jax.distributed.initialize` keyword arguments from AVJAX_COORDINATOR,
+  AVJAX_NUM_PROCESSES and AVJAX_PROCESS_ID; {} when none is set (auto-detect)."""
+  env = os.environ if environ is None else environ
+  values = {k: env.get(k, "").strip() for k in _ENV_ARGS}
+  if not any(values.values()):
+    return {}
+  missing = [k for k, v in values.items() if not v]
+  if missing:
+    raise UserError(f"multi-host: set all of {', '.join(_ENV_ARGS)} or none of them "
+                    f"(missing: {', '.join(missing)})")
+  coordinator = values[ENV_COORDINATOR]
+  host, _, port = coordinator.rpartition(":")
+  if not host or not port.isdigit():
+    raise UserError(f"{ENV_COORDINATOR}={coordinator!r} is not host:port")
+  try:
+    num_processes = int(values[ENV_NUM_PROCESSES])
+    process_id = int(values[ENV_PROCESS_ID])
+  except ValueError as e:
+    raise UserError(f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be integers ({e})") from e
+  if num_processes < 1 or not 0 <= process_id < num_processes:
+    raise UserError(f"multi-host: {ENV_PROCESS_ID}={process_id} is not in "
+                    f"[0, {ENV_NUM_PROCESSES}={num_processes})")
+  return {"coordinator_address": coordinator, "num_processes": num_processes,
+          "process_id": process_id}
+
+
+def _enable_cpu_collectives() -> None:
+  """Cross-process collectives of the CPU backend (gloo). Newer JAX defaults to it;
+  older versions default to none, and a multi-process CPU run then fails at its
+  first cross-process computation. It only concerns the CPU client, so setting it
+  on TPU/GPU hosts is harmless. Must run before the backends are created."""
+  try:
+    if not jax.config.jax_cpu_collectives_implementation:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except AttributeError:  # A JAX without the option.
+    logging.warning("this JAX has no jax_cpu_collectives_implementation option")
 
 
 def maybe_initialize_distributed(flag: bool | None = None) -> bool:
-  """Calls `jax.distributed.initialize()` once when multi-host is requested.
+  """Calls `jax.distributed.initialize` once when multi-host is requested.
 
-  On Cloud TPU pods and Kaggle-style multi-host slices the coordinator address and
-  process ids are discovered from the environment.
+  Requested by `flag` (config.multihost), AVJAX_MULTIHOST=1 or AVJAX_COORDINATOR.
+  With AVJAX_COORDINATOR / AVJAX_NUM_PROCESSES / AVJAX_PROCESS_ID set, they are
+  passed to `initialize` (e.g. several CPU processes on one machine); otherwise,
+  on Cloud TPU pods (and Slurm / Open MPI) the coordinator address and process ids
+  are discovered from the environment. Also creates JAX's preemption sync manager
+  (SIGTERM -> `Checkpointer.reached_preemption`), even for one process. Must run
+  before anything asks JAX about devices.
   """
   global _distributed_initialized
   if not multihost_requested(flag) or _distributed_initialized:
     return _distributed_initialized
-  jax.distributed.initialize()
+  kwargs = distributed_args_from_env()
+  if jax.distributed.is_initialized():  # Someone (a launcher, a notebook) did it.
+    logging.info("jax.distributed was already initialised; not initialising again")
+  else:
+    _enable_cpu_collectives()
+    jax.distributed.initialize(**kwargs)
   _distributed_initialized = True
-  logging.info("jax.distributed: process %d of %d", jax.process_index(),
-               jax.process_count())
+  logging.info("jax.distributed: process %d of %d (%s)", jax.process_index(),
+               jax.process_count(),
+               f"coordinator {kwargs['coordinator_address']}" if kwargs else "auto-detected")
   return True
 
 
