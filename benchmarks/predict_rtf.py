@@ -9,7 +9,8 @@ its cost is reported against the clip's own duration (target RTF <= 0.25, i.e.
 
 What is timed: `avjax.serving.predict.predict_file` on one clip, stage by stage as
 it reports them: decode (probe + ffmpeg/soundfile decode of the needed streams),
-faces (Haar tracking over every frame, detection on every 3rd), features (every
+faces (Haar tracking over every frame, detection on every 3rd, spread over a
+thread per core as predict does; the boxes are prepare's), features (every
 window's feature sets), model (the exported function on the stacked windows).
 Not timed: exporting the model and loading it (`artifact.load`), nor the warm-up
 run, which absorbs one-off costs a long-running server pays once (XLA compiling
@@ -64,7 +65,7 @@ def run(config_spec: str, clip: str, *, repeat: int, warmup: int, window: float 
   from avjax.configs import load_config
   from avjax.serving import artifact
   from avjax.serving.export import export_initialised
-  from avjax.serving.predict import predict_file
+  from avjax.serving.predict import cpu_count, predict_file
   from input_pipeline import media
   import jax
 
@@ -99,7 +100,8 @@ def run(config_spec: str, clip: str, *, repeat: int, warmup: int, window: float 
   return {"config": config_spec, "model": config.model.name, "clip": clip,
           "clip_seconds": duration, "decoded_seconds": result.duration,
           "windows": len(result.starts), "window_s": result.window, "hop_s": result.hop,
-          "modalities": model.modalities, "feature_sets": model.feature_sets,
+          "threads": cpu_count(), "modalities": model.modalities,
+          "feature_sets": model.feature_sets,
           "runs": runs, "load": loads, "cold": cold, "median_s": median,
           "median_cpu_s": median_cpu, "total_median_s": total,
           "total_median_cpu_s": total_cpu, "rtf": total / duration,
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
   print(f"predict RTF on CPU: {result['model']} ({result['config']}), "
         f"{', '.join(result['feature_sets'])}; clip {os.path.basename(result['clip'])} "
         f"{dur:.2f} s, {result['windows']} window(s) of {result['window_s']:.1f} s; "
-        f"{repeat} timed run(s) after {warmup} warm-up; load "
+        f"{repeat} timed run(s) after {warmup} warm-up; {result['threads']} core(s); load "
         f"{statistics.mean(result['load']):.1f}")
   rows = [(s, f"{result['median_s'][s]:.3f}", f"{result['median_s'][s] / dur:.3f}",
            f"{100 * result['median_s'][s] / max(result['total_median_s'], 1e-12):.0f}%",

@@ -125,3 +125,54 @@ def test_every_n_detects_on_a_subset_including_the_last_frame(detector, flv_fram
   # The face is visible throughout, so exactly the attempted frames are DETECTED.
   assert list(np.flatnonzero(track.source == DETECTED)) == [0, 4, 8, 9]
   assert track.hit_rate == 1.0
+
+
+def _assert_same_track(got, want):
+  np.testing.assert_array_equal(got.boxes, want.boxes)
+  np.testing.assert_array_equal(got.source, want.source)
+  assert got.hit_rate == want.hit_rate
+
+
+@needs_fixtures
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_track_equals_sequential_on_real_video(threads):
+  """predict's concurrent detections give prepare's sequential track, bit for bit."""
+  from input_pipeline.clip import FACE_DETECT_EVERY, VIDEO_MAX_SIDE
+  frames, _ = media.read_video(FLVS[-1], max_side=VIDEO_MAX_SIDE)
+  want = track_faces(frames, FaceDetector(), every=FACE_DETECT_EVERY)
+  assert want.found  # A real face, not the centre-crop fallback.
+  detector = FaceDetector()
+  for _ in range(2):  # Again with the detector's clones reused.
+    got = track_faces(frames, detector, every=FACE_DETECT_EVERY, threads=threads)
+    _assert_same_track(got, want)
+  assert len(detector._clones) == threads - 1  # pylint: disable=protected-access
+
+
+def test_threaded_track_equals_sequential_on_a_synthetic_clip():
+  from input_pipeline.naming import RavdessName
+  from input_pipeline.synth import synth_clip
+  frames, _, _, _ = synth_clip(RavdessName(1, 1, 5, 2, 1, 1, 7), 0, 1.0)
+  frames = frames[:40]
+  want = track_faces(frames, FaceDetector(), every=3)
+  assert want.found
+  _assert_same_track(track_faces(frames, every=3, threads=4), want)
+  # More threads than detections, and one detection only.
+  _assert_same_track(track_faces(frames[:4], every=3, threads=8),
+                     track_faces(frames[:4], FaceDetector(), every=3))
+  _assert_same_track(track_faces(frames[:1], threads=2),
+                     track_faces(frames[:1], FaceDetector()))
+
+
+def test_threads_must_be_positive():
+  frames = np.zeros((2, 40, 40, 3), np.uint8)
+  with pytest.raises(ValueError, match="threads"):
+    track_faces(frames, threads=0)
+
+
+@needs_fixtures
+def test_detector_with_clones_survives_pickling(flv_frames):
+  detector = FaceDetector()
+  track_faces(flv_frames[:6], detector, threads=2)
+  clone = pickle.loads(pickle.dumps(detector))
+  assert clone._clones == [] and clone._cascade is None  # pylint: disable=protected-access
+  assert clone.detect(flv_frames[0]) == detector.detect(flv_frames[0])

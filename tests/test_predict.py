@@ -65,8 +65,9 @@ def _expected_windows(duration: float, window: float, hop: float) -> int:
   return 1 + math.floor(slack)
 
 
-def _cli(*args, timeout=240):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _cli(*args, timeout=240, env=None):
+  # No persistent compilation cache unless a test asks for one: tests leave ~ alone.
+  env = {**dict(os.environ, JAX_PLATFORMS="cpu", AVJAX_JAX_CACHE=""), **(env or {})}
   env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", "avjax", *map(str, args)], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
@@ -137,8 +138,12 @@ def test_audio_model_on_wav(audio_model, fixtures_dir):
 
 def test_cli_predict_writes_json_and_png(audio_model, flv, tmp_path):
   out_json, out_png = tmp_path / "out" / "p.json", tmp_path / "out" / "p.png"
-  proc = _cli("predict", flv, "--model", audio_model, "--json", out_json, "--plot", out_png)
+  cache = tmp_path / "jax-cache"
+  proc = _cli("predict", flv, "--model", audio_model, "--json", out_json, "--plot", out_png,
+              env={"AVJAX_JAX_CACHE": str(cache),
+                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert any(cache.iterdir())  # The compiled model is kept for the next run.
   assert str(out_json) in proc.stdout and str(out_png) in proc.stdout
   report = json.loads(out_json.read_text())
   assert report["label"] in CLASSES and len(report["windows"]) == 1  # 2.2 s < 3.6 s
@@ -179,3 +184,52 @@ def test_cli_bad_files_give_one_line(kind, audio_model, flv, tmp_path):
 def test_cli_model_dir_that_is_not_a_model(flv, tmp_path):
   proc = _cli("predict", flv, "--model", tmp_path)
   _one_line_error(proc, str(tmp_path), "neither an export directory")
+
+
+def test_threaded_decode_equals_prepares_sequential_decode(flv):
+  """predict decodes audio and video at once and detects faces concurrently; the
+  clip (samples, frames, face track) is exactly what prepare's sequential path gets."""
+  from input_pipeline import clip as clip_lib
+  want = clip_lib.decode_file(str(flv), ["audio", "video"])
+  got = clip_lib.track_faces(
+      clip_lib.decode_file(str(flv), ["audio", "video"], faces=False, threads=2), threads=2)
+  for field in ("audio", "frames", "face_boxes"):
+    np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+  assert (got.sample_rate, got.fps, got.face_hit_rate, got.face_fallback_frames,
+          got.face_centre_fallback) == (want.sample_rate, want.fps, want.face_hit_rate,
+                                        want.face_fallback_frames, want.face_centre_fallback)
+  assert want.face_boxes is not None and want.face_hit_rate > 0
+
+
+def test_threaded_decode_raises_the_sequential_error(tmp_path):
+  from input_pipeline import clip as clip_lib
+  from input_pipeline.errors import InputError
+  missing = str(tmp_path / "gone.flv")
+  with pytest.raises(InputError, match="gone.flv"):
+    clip_lib.decode("x", audio_file=missing, video_file=missing, need_audio=True,
+                    need_video=True, threads=2)
+
+
+@pytest.mark.parametrize("case", ["default", "env", "off", "jax_env"])
+def test_compilation_cache_dir(case, tmp_path):
+  """Where `avjax predict` keeps compiled code; run in a child: jax config is global."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("AVJAX_JAX_CACHE", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
+  env.update(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+  want = {"default": str(tmp_path / "xdg" / "avjax" / "jax"),
+          "env": str(tmp_path / "mine"), "off": "None", "jax_env": str(tmp_path / "jax")}[case]
+  if case == "env":
+    env["AVJAX_JAX_CACHE"] = want
+  elif case == "off":
+    env["AVJAX_JAX_CACHE"] = ""
+  elif case == "jax_env":
+    env["JAX_COMPILATION_CACHE_DIR"] = want
+  proc = subprocess.run(
+      [sys.executable, "-c", "import jax; from avjax.serving.predict import "
+       "enable_compilation_cache as e; d = e(); "
+       "assert (jax.config.jax_compilation_cache_dir or None) == d; print(d)"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == want
+  if want != "None":
+    assert os.path.isdir(want) or case == "jax_env"
