@@ -149,3 +149,29 @@ def test_one_class_is_a_user_error():
   x, _ = _toy(n_per_class=5)
   with pytest.raises(UserError):
     mfa.fit_mfa(x, np.zeros(len(x), int), 2)
+
+
+def test_fewer_samples_than_dims_projects_held_out_data_without_blowing_up():
+  """n < D: without the PCA step, directions where all training samples agree
+  score lambda = 0 and, rescaled to unit variance, turn rounding noise into huge
+  values on new data."""
+  rng = np.random.default_rng(3)
+  classes, d, n = 4, 324, 48
+  centres = rng.normal(size=(classes, d)) * 2.0
+
+  def draw(m):
+    y = np.arange(m) % classes
+    return centres[y] + rng.normal(size=(m, d)), y
+  x, y = draw(n)
+  fit = mfa.fit_mfa(x, y, dim=162, k1=3, k2=10)
+  x_new, y_new = draw(200)
+  z_new = ((x_new - fit["mean"]) / fit["std"]) @ fit["projection"] + fit["bias"]
+  kept = n - classes
+  assert np.all(fit["projection"][:, kept:] == 0.0)
+  # Unit variance on the training data; new data from the same distribution stays
+  # on that scale (the null-space directions would give std >> 1).
+  assert np.max(np.std(z_new[:, :kept], axis=0)) < 5.0
+  # And the leading directions still separate the classes on new data.
+  means = np.stack([z_new[y_new == c, :3].mean(0) for c in range(classes)])
+  within = np.mean([z_new[y_new == c, :3].var(0).sum() for c in range(classes)])
+  assert np.sum(np.var(means, axis=0)) > within

@@ -17,7 +17,15 @@ w' X L X' w / w' X Lp X' w: the generalised symmetric eigenproblem
 X L X' w = lambda (X Lp X' + ridge I) w, smallest lambdas first. The ridge is
 `reg` times the mean diagonal of X Lp X' (scale-free): Lp's rank is at most its
 number of edges, and directions the penalty graph never sees get a huge ratio
-and sort last instead of dividing by zero. No PCA step: the ridge does its job.
+and sort last instead of dividing by zero.
+
+A PCA step comes first, as in Yan et al.: the problem is solved in the span of
+the training data, at most n - C dimensions (n samples, C classes). Without it, a
+training set smaller than the input width (324 fused values, a few hundred clips)
+leaves directions where every training sample is equal: both scatters vanish
+there, so they score lambda = 0 and win, and rescaling them to unit variance
+amplifies rounding noise. When fewer directions exist than `dim`, the extra
+outputs are zero (FERCNN still gets its fixed input width).
 
 Each kept direction is rescaled to unit variance on the training data (the raw
 eigenvectors are B-normalised, so their scale follows the edge count) and
@@ -143,23 +151,41 @@ def fit_mfa(x: np.ndarray, labels: np.ndarray, dim: int, *, k1: int = 5, k2: int
     mean, std = np.zeros(d_in), np.ones(d_in)
   z = (x - mean) / std
   s, sp = mfa_graphs(z, labels, k1, k2, penalty)
-  a = _laplacian_scatter(z, s)
-  b = _laplacian_scatter(z, sp)
-  ridge = reg * max(float(np.trace(b)) / d_in, 1e-12)
-  b = b + ridge * np.eye(d_in)
-  values, w = scipy.linalg.eigh(a, b, subset_by_index=[0, dim - 1])
+  pca = _pca_basis(z, max_dims=n - len(np.unique(labels)))     # (D, r)
+  zp = z @ pca
+  r = pca.shape[1]
+  a = _laplacian_scatter(zp, s)
+  b = _laplacian_scatter(zp, sp)
+  ridge = reg * max(float(np.trace(b)) / r, 1e-12)
+  b = b + ridge * np.eye(r)
+  kept = min(dim, r)
+  values, w = scipy.linalg.eigh(a, b, subset_by_index=[0, kept - 1])
   order = np.argsort(values, kind="stable")
-  values, w = values[order], w[:, order]
+  values, w = values[order], pca @ w[:, order]                  # back to (D, kept)
   # Sign convention: the largest-magnitude weight of each direction is positive.
   pivot = np.abs(w).argmax(axis=0)
-  w = w * np.where(w[pivot, np.arange(dim)] < 0, -1.0, 1.0)
+  w = w * np.where(w[pivot, np.arange(kept)] < 0, -1.0, 1.0)
   y = z @ w
   scale = np.maximum(y.std(axis=0), MIN_STD)
   w = w / scale
   bias = -(y.mean(axis=0) / scale)
+  if kept < dim:  # Fewer directions than outputs: the rest are constant zero.
+    w = np.concatenate([w, np.zeros((d_in, dim - kept))], axis=1)
+    bias = np.concatenate([bias, np.zeros(dim - kept)])
+    values = np.concatenate([values, np.full(dim - kept, np.inf)])
   return {"mean": mean.astype(np.float32), "std": std.astype(np.float32),
           "projection": w.astype(np.float32), "bias": bias.astype(np.float32),
           "eigenvalues": values.astype(np.float32)}
+
+
+def _pca_basis(z: np.ndarray, max_dims: int, rel_tol: float = 1e-8) -> np.ndarray:
+  """Orthonormal (D, r) basis of the centred data's principal directions with
+  non-negligible variance, r <= max_dims."""
+  zc = z - z.mean(axis=0)
+  _, sing, vt = np.linalg.svd(zc, full_matrices=False)
+  keep = sing > rel_tol * max(float(sing[0]) if sing.size else 0.0, 1e-300)
+  r = max(1, min(int(np.sum(keep)), max(int(max_dims), 1)))
+  return vt[:r].T
 
 
 def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
