@@ -30,6 +30,12 @@ def _export(tmp_path_factory, variant: str) -> Path:
   return out
 
 
+@pytest.fixture(autouse=True)
+def _no_compilation_cache(monkeypatch):
+  """predict_file(model_dir) turns on the persistent cache; tests leave ~ alone."""
+  monkeypatch.setenv("AVJAX_JAX_CACHE", "")
+
+
 @pytest.fixture(scope="module")
 def audio_model(tmp_path_factory) -> Path:
   return _export(tmp_path_factory, "audio")
