@@ -9,7 +9,8 @@ import pytest
 from avjax import cli
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ("synth", "prepare", "train", "evaluate", "cv", "export", "predict", "demo")
+SUBCOMMANDS = ("synth", "prepare", "train", "evaluate", "cv", "results", "export", "predict",
+               "demo")
 
 
 def run(*args, check_rc=None):
