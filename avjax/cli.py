@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from avjax.errors import NotBuiltYet, UserError
+from avjax.errors import UserError
 
 PROG = "avjax"
 DATASETS = ("ravdess", "crema_d", "folder")
