@@ -67,3 +67,15 @@ def test_results_command_runs_both_protocols(prepared, tmp_path, capsys):
     assert json.load(f)["leaky"]
   out = capsys.readouterr().out
   assert "LEAKY" in out and "actor-independent" in out
+
+  # Run again: finished folds with the same config are read, not re-run.
+  reports = sorted(workdir.glob("*/*/fold_*/report.json"))
+  stamps = [p.stat().st_mtime_ns for p in reports]
+  assert cli.main(["results", "--configs",
+                   os.path.join(REPO, "experiments", "sultana2024.py") + ":audio,smoke",
+                   "--workdir", str(workdir), "--folds", "0,1",
+                   f"--config.data.data_dir={data_dir}", "--config.data.protocol=actor_kfold",
+                   "--config.data.k=4"]) == 0
+  assert [p.stat().st_mtime_ns for p in reports] == stamps
+  again = capsys.readouterr().out
+  assert again[again.index("| system"):] == out[out.index("| system"):]

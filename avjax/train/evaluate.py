@@ -155,8 +155,9 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str,
     cfg = copy.deepcopy(config)
     cfg.data.fold = int(fold)
     fold_dir = os.path.join(workdir, f"fold_{fold}")
-    trainer.train_and_evaluate(cfg, fold_dir,
-                               datasets=datasets_fn(fold) if datasets_fn else None)
+    if not _finished_with(fold_dir, cfg):
+      trainer.train_and_evaluate(cfg, fold_dir,
+                                 datasets=datasets_fn(fold) if datasets_fn else None)
     with open(os.path.join(fold_dir, REPORT), encoding="utf-8") as f:
       per_fold[int(fold)] = json.load(f)
   summary = _cv_summary(per_fold)
@@ -167,6 +168,18 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, "cv_report.md"), "w", encoding="utf-8") as f:
       f.write(markdown)
   return {**summary, "markdown": markdown}
+
+
+def _finished_with(fold_dir: str, config: ml_collections.ConfigDict) -> bool:
+  """A fold whose report exists and whose run had exactly this config is done:
+  reading its report skips rebuilding data and model to re-evaluate it. Any
+  other state (no report, a preempted run, a changed config) goes through
+  train_and_evaluate, which resumes or retrains."""
+  report, saved = os.path.join(fold_dir, REPORT), os.path.join(fold_dir, "config.json")
+  if not (os.path.exists(report) and os.path.exists(saved)):
+    return False
+  with open(saved, encoding="utf-8") as f:
+    return json.load(f) == json.loads(config.to_json_best_effort())
 
 
 def _cv_summary(per_fold: Mapping[int, Mapping[str, Any]]) -> dict:
