@@ -157,22 +157,13 @@ def write_json(path: str | None, payload: dict) -> None:
   print(f"wrote {path}")
 
 
-def s1_fusion(audio_net, video_net, num_classes: int = 8):
-  """S1's feature fusion for benchmarks: both branch nets end to end, their 64-wide
-  embeddings concatenated, Dense 128 ReLU, Dense `num_classes`. Used until
-  avjax registers its own S1 fusion model (issue 5)."""
-  import flax.linen as nn
-  import jax.numpy as jnp
-
-  class S1Fusion(nn.Module):
-    audio: nn.Module
-    video: nn.Module
-
-    @nn.compact
-    def __call__(self, inputs, *, train: bool):
-      a = self.audio(inputs, train=train)["embedding"]
-      v = self.video(inputs, train=train)["embedding"]
-      x = nn.relu(nn.Dense(128)(jnp.concatenate([a, v], axis=-1)))
-      return {"logits": nn.Dense(num_classes)(x)}
-
-  return S1Fusion(audio_net, video_net)
+def s1_fusion(audio_kw: dict | None = None, video_kw: dict | None = None,
+              num_classes: int = 8):
+  """S1's fusion net as avjax registers it (`feature_concat_fusion` over
+  `sultana_audio` and `sultana_video`), trained end to end (branches not frozen):
+  the whole network a Keras or PyTorch replica of S1 would train in one step."""
+  from avjax import models
+  branches = {"audio": {"name": "sultana_audio", **(audio_kw or {})},
+              "video": {"name": "sultana_video", **(video_kw or {})}}
+  return models.get_model("feature_concat_fusion", num_classes=num_classes,
+                          branches=branches, hidden=(128,), freeze_branches=False)

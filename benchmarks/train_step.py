@@ -245,15 +245,13 @@ def avjax_model(spec: NetSpec, smoke: bool):
   if spec.name == "s1_video":
     return models.get_model("sultana_video", num_classes=8, **video_kw), "registered sultana_video"
   if spec.name == "s1_fusion":
-    fused = [n for n in names if "sultana" in n and "fusion" in n]
-    if fused and not smoke:
-      return models.get_model(fused[0], num_classes=8), f"registered {fused[0]}"
-    return (common.s1_fusion(models.get_model("sultana_audio", num_classes=8, **audio_kw),
-                             models.get_model("sultana_video", num_classes=8, **video_kw)),
-            "registered sultana_audio + sultana_video; fusion head from benchmarks.common")
+    return (common.s1_fusion(audio_kw, video_kw),
+            "registered feature_concat_fusion over sultana_audio + sultana_video, "
+            "trained end to end")
   fer = [n for n in names if "fercnn" in n.lower()]
   if fer:
-    return models.get_model(fer[0], num_classes=6), f"registered {fer[0]}"
+    return (models.get_model(fer[0], num_classes=6, input_key=spec.branches[0].key),
+            f"registered {fer[0]}")
 
   class FERCNN(nn.Module):
     """S2's FERCNN from the spec, convolutions through avjax.models.conv."""

@@ -516,9 +516,12 @@ def test_tpu_vm_deletes_the_vm_it_made(fake_gcloud, tmp_path, fail_on, keep, exp
 def test_tpu_vm_ctrl_c_deletes_the_vm(fake_gcloud):
   env, log = fake_gcloud
   env["SLEEP_ON"] = "--command set -eu; mkdir"  # the run hangs until interrupted
+  # pytest-xdist workers ignore SIGINT, and a non-interactive shell cannot trap a
+  # signal that was ignored when it started: restore the default in the child.
   proc = subprocess.Popen(["bash", str(TPU_VM), *tpu_args()], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True)
+                          start_new_session=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   try:
     deadline = time.monotonic() + 60
     while verbs(log).count("ssh") < 2:
