@@ -116,6 +116,24 @@ def base_config(*, num_epochs: float, batch_size: int = 32,
   return c
 
 
+def use_branches(c: ml_collections.ConfigDict,
+                 branches: dict[str, ml_collections.ConfigDict]) -> None:
+  """Wires a two-stage system from its branches' own full configs: the fusion
+  model's `branches` are their model sections, its inputs and feature sets are
+  theirs, the branches are frozen, and each config is kept under `pretrained` so
+  the branch can be trained on the fly (see avjax/train/stages.py)."""
+  names = sorted(branches)
+  c.model.branches = ml_collections.ConfigDict(
+      {m: {k: v for k, v in branches[m].model.to_dict().items() if k != "conv_impl"}
+       for m in names})
+  c.model.inputs = tuple(dict.fromkeys(k for m in names for k in branches[m].model.inputs))
+  sets = list(dict.fromkeys(branches[m].data.feature_set for m in names))
+  c.data.feature_set, c.data.feature_sets = sets[0], tuple(sets[1:])
+  c.train.frozen = tuple(names)
+  for m in names:
+    c.pretrained[m] = ml_collections.ConfigDict({"workdir": "", "config": branches[m]})
+
+
 def apply_hardware(c: ml_collections.ConfigDict, flags: set[str]) -> None:
   """Hardware variants override only what differs."""
   if "cpu" in flags:

@@ -43,22 +43,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.paper_accuracy = PAPER_ACCURACY
   c.paper_protocol = "their split, not actor-independent"
 
-  branch_args = sorted(flags)
-  branches = {m: sultana2024.get_config(",".join([m, *branch_args])) for m in ("audio", "video")}
   c.model.name = "decision_fusion"
   c.model.rule = "weighted"
   c.model.weights = ml_collections.ConfigDict(dict(WEIGHTS))
   c.model.normalize_weights = True
-  c.model.branches = ml_collections.ConfigDict(
-      {m: {k: v for k, v in b.model.to_dict().items() if k != "conv_impl"}
-       for m, b in branches.items()})
-  c.model.inputs = tuple(k for m in ("audio", "video") for k in branches[m].model.inputs)
-  c.data.feature_set = branches["audio"].data.feature_set
-  c.data.feature_sets = (branches["video"].data.feature_set,)
-  c.train.frozen = ("audio", "video")
+  _base.use_branches(c, {m: sultana2024.get_config(",".join([m, *sorted(flags)]))
+                         for m in ("audio", "video")})
   c.train.num_train_steps = 0  # A fixed rule: nothing to train, the run evaluates.
-  for m, b in branches.items():
-    c.pretrained[m] = ml_collections.ConfigDict({"workdir": "", "config": b})
 
   _base.apply_hardware(c, flags)
   if "smoke" in flags:

@@ -109,19 +109,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if variant == "audio":
       c.optimizer.reduce_on_plateau.enabled = True
   else:
-    branches = {m: _unimodal_model(m, size) for m in ("audio", "video")}
     c.model.name = "decision_fusion"
     c.model.rule = "max_confidence"
-    c.model.branches = ml_collections.ConfigDict(
-        {m: b.to_dict() for m, b in branches.items()})
-    c.model.inputs = tuple(k for b in branches.values() for k in b.inputs)
-    c.data.feature_set = _FEATURE_SET["audio"]
-    c.data.feature_sets = (_FEATURE_SET["video"],)
-    c.train.frozen = ("audio", "video")
-    for m in ("audio", "video"):
-      # The branch's own full config, so it can be trained on the fly.
-      sub = get_config(",".join([m, *sorted(flags)]))
-      c.pretrained[m] = ml_collections.ConfigDict({"workdir": "", "config": sub})
+    _base.use_branches(c, {m: get_config(",".join([m, *sorted(flags)]))
+                           for m in ("audio", "video")})
 
   _base.apply_hardware(c, flags)
   if "demo" in flags:

@@ -9,7 +9,7 @@ new paper adds a module and a `@register_model` line, never a trainer branch.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -93,6 +93,28 @@ def get_model(model_name: str, /, **kwargs: Any) -> nn.Module:
     return _MODELS[model_name](**kwargs)
   except TypeError as e:
     raise UserError(f"model {model_name!r}: bad arguments {sorted(kwargs)}: {e}") from e
+
+
+_NOT_KWARGS = ("name", "inputs", "conv_impl")  # Config fields read by the trainer.
+
+
+def _tuples(value):
+  """Lists (config JSON has no tuples) back to tuples, so module fields hash."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, Mapping):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def from_section(section: Mapping[str, Any], where: str = "model", **kwargs: Any) -> nn.Module:
+  """A registered model from a config section ({name, inputs, **fields}): every
+  field but name/inputs/conv_impl is a keyword argument, plus `kwargs`."""
+  section = _tuples(dict(section))
+  if "name" not in section:
+    raise UserError(f"config.{where} needs a model name")
+  fields = {k: v for k, v in section.items() if k not in _NOT_KWARGS}
+  return get_model(section["name"], **fields, **kwargs)
 
 
 def registered_models() -> tuple[str, ...]:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from avjax.errors import UserError
-from avjax.models import get_model, register_model
+from avjax.models import from_section, register_model
 
 Array = Any
 # Log of the probability floor used when decision rules return log-probabilities as
@@ -27,24 +27,11 @@ Array = Any
 _PROB_FLOOR = 1e-12
 
 
-def _tuples(value):
-  """Lists (from config JSON) back to tuples, so branch configs hash and compare."""
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, Mapping):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
-
-
 def build_branch(branch_name: str, spec: Mapping[str, Any], num_classes: int,
                  dtype: Any) -> nn.Module:
   """A registered model from its config section ({name, inputs, **kwargs})."""
-  spec = _tuples(dict(spec))
-  if "name" not in spec:
-    raise UserError(f"model.branches.{branch_name} needs a model name")
-  kwargs = {k: v for k, v in spec.items() if k not in ("name", "inputs", "conv_impl")}
-  return get_model(spec["name"], num_classes=num_classes, dtype=dtype, name=branch_name,
-                   **kwargs)
+  return from_section(spec, where=f"model.branches.{branch_name}", num_classes=num_classes,
+                      dtype=dtype, name=branch_name)
 
 
 def _run_branches(module: nn.Module, inputs, train: bool) -> dict[str, dict]:

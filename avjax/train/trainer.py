@@ -148,15 +148,12 @@ def _schedule_lengths(config, info) -> tuple[int, int]:
 
 
 def make_model(config, num_classes: int) -> nn.Module:
-  kwargs = {k: v for k, v in config.model.to_dict().items()
-            if k not in ("name", "inputs", "conv_impl")}
   models.set_conv_impl(config.model.get("conv_impl", "auto"))
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   dtype = config.train.get("compute_dtype", "float32")
   if dtype not in _DTYPES:
     raise UserError(f"train.compute_dtype {dtype!r} not in {sorted(_DTYPES)}")
-  return models.get_model(config.model.name, num_classes=num_classes,
-                          dtype=_DTYPES[dtype], **kwargs)
+  return models.from_section(config.model.to_dict(), num_classes=num_classes,
+                             dtype=_DTYPES[dtype])
 
 
 def _dummy_inputs(info, input_keys) -> dict:
