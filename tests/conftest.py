@@ -18,12 +18,11 @@ _DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
 if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _DEVICES_FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# librosa compiles numba functions with cache=True into its own __pycache__. Two
-# xdist workers compiling the same function at once can leave a corrupt cache
-# entry that segfaults every later load, so each worker gets its own cache dir.
-os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(
-    tempfile.gettempdir(),
-    f"avjax-numba-{os.getuid()}-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+# librosa compiles numba functions with cache=True. In a test worker that has
+# already loaded jax/TF, loading such a cached gufunc (librosa.yin) has
+# segfaulted; compiling it fresh never has. So every test process compiles into
+# a new, empty cache dir of its own (its subprocesses inherit it).
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="avjax-numba-"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
