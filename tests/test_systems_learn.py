@@ -1,11 +1,14 @@
-"""Every system learns: its `demo` variant, trained on a demo-sized synthetic corpus
-(8 actors, 4 clips per emotion), scores at least twice the chance rate on the two
-held-out test actors of fold 0 of a 4-fold actor split.
+"""Every system learns: its `small` variant (the CPU-sized networks of the README
+results table), trained on a demo-sized synthetic corpus (8 actors, 4 clips per
+emotion), scores at least twice the chance rate on the two held-out test actors
+of fold 0 of a 4-fold actor split.
 
-The threshold, 2 x 1/8 = 0.25 accuracy, was fixed before any run. Slow (builds
-every feature set of 256 clips and trains 14 systems): `make test-slow`.
-`avjax results` over the same configs (see README) measures the same thing on
-every fold.
+The threshold, 2 x chance (1 / number of classes), was fixed before any run.
+`small`, not `demo`: `demo` is the papers' full networks (S4's trunks alone are
+44M parameters), which a CPU cannot train in a test. Slow (builds every feature
+set of 256 clips, about an hour of face tracking on 2 cores, and trains 14
+systems): `make test-slow`. `avjax results` over the same configs (see README)
+measures the same thing on every fold.
 """
 
 from __future__ import annotations
@@ -49,11 +52,11 @@ def demo_data(tmp_path_factory, demo_corpus):
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_demo_variant_beats_twice_chance_on_held_out_actors(spec, demo_data, tmp_path):
-  config = load_config(os.path.join(REPO, "experiments", spec) + ",demo")
+def test_small_variant_beats_twice_chance_on_held_out_actors(spec, demo_data, tmp_path):
+  config = load_config(os.path.join(REPO, "experiments", spec) + ",small")
   for name in (config.data.feature_set, *tuple(config.data.get("feature_sets", ()) or ())):
     data_dir = demo_data(name)
-  config = load_config(os.path.join(REPO, "experiments", spec) + ",demo", [
+  config = load_config(os.path.join(REPO, "experiments", spec) + ",small", [
       f"data.data_dir={data_dir}", "data.protocol=actor_kfold", "data.k=4", "data.fold=0"])
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
   with open(tmp_path / "run" / "report.json", encoding="utf-8") as f:
