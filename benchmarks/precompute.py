@@ -8,6 +8,9 @@ Why three methods: the serial script is what a researcher would otherwise write
 (target: avjax >= 1.8x its clips/s on 2 cores); the floor is the cost of merely
 decoding the clips with the same parallelism as avjax, so `avjax_time /
 floor_time` says how much work avjax adds on top of decoding (target: <= 2).
+For video sets a second floor, ffmpeg decode plus the same Haar face detections
+avjax runs (same frames, same parallelism), says how much avjax adds on top of
+the work no face-cropping pipeline can skip; the decode-only ratio stays printed.
 
 What is timed: avjax's whole `prepare` (worker pool start-up, decoding, face
 tracking, features, TFDS ArrayRecord write, report) into a fresh data dir; the
@@ -34,6 +37,7 @@ from benchmarks import common
 # Feature set -> the modality it decodes. Only these have a serial baseline.
 FEATURE_SETS = {"mfcc": "audio", "frames3d_gray_80x70x30": "video"}
 DATASET = "ravdess"
+DETECT_FLOOR = "decode + face detection floor"
 
 
 # ------------------------------------------------------------------- the corpus
@@ -158,6 +162,36 @@ def run_floor(takes: Sequence, feature_set: str, workers: int) -> None:
     list(pool.map(decode, paths))
 
 
+def run_detect_floor(takes: Sequence, workers: int) -> None:
+  """Decode + the same face detections: what no video pipeline with face crops
+  can go below. Each clip is decoded by ffmpeg exactly as avjax decodes it
+  (`media.read_video`, rgb24, at most VIDEO_MAX_SIDE px) and avjax's Haar detector
+  runs on the frames avjax detects on (every FACE_DETECT_EVERY-th and the last),
+  with `workers` clips at a time and one OpenCV thread, as in avjax's workers; no
+  tracking, crops or writing."""
+  import cv2
+  from input_pipeline import clip as clip_lib
+  from input_pipeline import face as face_lib
+  from input_pipeline import media
+
+  def detect(path):
+    frames, _ = media.read_video(path, max_side=clip_lib.VIDEO_MAX_SIDE)
+    indices = np.arange(0, len(frames), clip_lib.FACE_DETECT_EVERY)
+    if indices[-1] != len(frames) - 1:
+      indices = np.append(indices, len(frames) - 1)
+    detector = face_lib.default_detector()  # One per thread, as one per worker.
+    for i in indices:
+      detector.detect(frames[i])
+
+  threads = cv2.getNumThreads()
+  cv2.setNumThreads(1)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      list(pool.map(detect, [t.video_file for t in takes]))
+  finally:
+    cv2.setNumThreads(threads)
+
+
 # ---------------------------------------------------------------------- avjax
 
 
@@ -214,6 +248,11 @@ def bench_feature_set(feature_set: str, takes: Sequence, manual_dir: str, warm_d
                               lambda: run_floor(warm_takes, feature_set, workers),
                               f"{workers} parallel ffmpeg, output discarded"),
   }
+  video = FEATURE_SETS[feature_set] == "video"
+  if video:
+    methods[DETECT_FLOOR] = (lambda: run_detect_floor(takes, workers),
+                             lambda: run_detect_floor(warm_takes, workers),
+                             f"{workers} threads: decode + avjax's Haar detections")
   results: dict[str, common.Measurement] = {}
   one_clip = None  # avjax's warm-up on one clip: its fixed cost (pool start, imports)
   for _ in range(warmup):
@@ -242,6 +281,8 @@ def bench_feature_set(feature_set: str, takes: Sequence, manual_dir: str, warm_d
 
   ms = [results[k] for k in ("avjax prepare", "serial librosa/cv2", "ffmpeg decode floor")]
   avjax, serial, floor = ms
+  if video:
+    ms.append(results[DETECT_FLOOR])
   print(f"\n== {feature_set} ({FEATURE_SETS[feature_set]}): {n} clips ==")
   common.measurement_table(ms)
   ratios = [
@@ -254,6 +295,14 @@ def bench_feature_set(feature_set: str, takes: Sequence, manual_dir: str, warm_d
                         f"floor_time / avjax_time [{feature_set}] (1.00 = as fast as "
                         "decoding alone)", at_least=0.5),
   ]
+  if video:
+    # The second floor: decoding plus the face detections every face-cropped set
+    # needs (the decode-only floor above has none; Haar is ~90% of the work).
+    detect_floor = results[DETECT_FLOOR]
+    ratios.append(common.ratio_line(
+        avjax.median / detect_floor.median,
+        f"avjax_time / decode+detect_floor_time [{feature_set}] (floor = ffmpeg decode + "
+        "the same Haar detections avjax runs)", at_most=2.0))
   extra = {"serial_cpu_over_avjax_cpu": serial.cpu_median / avjax.cpu_median}
   # Not a target: CPU seconds barely depend on the machine's load, so this says
   # how much less work avjax does per clip, whatever the parallelism bought.

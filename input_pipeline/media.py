@@ -182,9 +182,9 @@ def probe(path: str | os.PathLike) -> MediaInfo:
 
 
 def _resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-  import librosa  # pylint: disable=g-import-not-at-top  (slow import, rarely needed)
-  return librosa.resample(audio, orig_sr=orig_sr, target_sr=target_sr,
-                          res_type="soxr_hq").astype(np.float32)
+  """librosa's soxr_hq resampling, minus librosa's audio module (slow to import)."""
+  from input_pipeline.features.audio import soxr_resample  # pylint: disable=g-import-not-at-top
+  return soxr_resample(audio, orig_sr, target_sr).astype(np.float32)
 
 
 def read_audio(path: str | os.PathLike,
@@ -199,7 +199,11 @@ def read_audio(path: str | os.PathLike,
   if path.lower().endswith(_WAV_EXTS):
     try:
       data, sr = soundfile.read(path, dtype="float32", always_2d=True)
-      audio = data.mean(axis=1, dtype=np.float32)
+      # A mono file's mean is (0 + sample) / 1: its column plus zero, bit for bit
+      # (-0.0 becomes +0.0 as in the mean), without the mean over a (n, 1) array,
+      # which costs more than reading the file.
+      audio = (data[:, 0] + np.float32(0.0) if data.shape[1] == 1
+               else data.mean(axis=1, dtype=np.float32))
     except (soundfile.LibsndfileError, RuntimeError, ValueError):
       audio = None  # unusual wav codec or damage: let ffmpeg try and explain
   if audio is None:

@@ -49,10 +49,12 @@ def test_benchmarks_run_in_smoke_mode(tmp_path):
   stdout = _run("benchmarks.precompute", "--smoke", "--corpus", str(corpus),
                 "--workers", "1", "--keep-data", str(data), "--json",
                 str(tmp_path / "p.json"))
-  assert len(RATIO.findall(stdout)) == 6, stdout  # 3 ratios x 2 feature sets
+  # 3 ratios per feature set, plus the decode + face detection floor's for video.
+  assert len(RATIO.findall(stdout)) == 7, stdout
   result = json.loads((tmp_path / "p.json").read_text())
   assert [r["feature_set"] for r in result["results"]] == ["mfcc", "frames3d_gray_80x70x30"]
-  assert all(len(r["ratios"]) == 3 for r in result["results"])
+  assert [len(r["ratios"]) for r in result["results"]] == [3, 4]
+  assert "decode+detect_floor" in result["results"][1]["ratios"][3]["label"]
 
   stdout = _run("benchmarks.loader_throughput", "--smoke", "--data-dir", str(data),
                 "--json", str(tmp_path / "l.json"))

@@ -149,3 +149,122 @@ def test_real_ravdess_wavs_give_finite_features():
     stats = out["pitch_energy_stats"]
     # Actor 01 is a man speaking: some voiced frames, F0 in a speaking range.
     assert 60.0 < stats[0] < 400.0, path.name
+
+
+# -- The lean STFT/resample/dB/DCT path gives librosa's numbers, bit for bit ---------
+# features.audio mirrors librosa's computations without its per-call wrappers; these
+# references are the librosa calls the features were computed with before.
+
+def _signals() -> list[tuple[str, np.ndarray, int]]:
+  rng = np.random.default_rng(3)
+  out = [(f"noise{n}", (rng.standard_normal(n) * 0.3).astype(np.float32), 48000)
+         for n in (1, 300, 511, 512, 513, 4000, 57601, 144000)]
+  out += [("silence", np.zeros(24000, np.float32), 44100),
+          ("tone", tone(440.0, 2.3, 22050), 22050),
+          ("pulses", pulse_train(120.0, 1.7, 16000), 16000),
+          ("signed zeros", np.where(rng.random(8000) < 0.5, -0.0, 0.25).astype(np.float32),
+           8000)]
+  out += [(p.name, soundfile.read(p, dtype="float32", always_2d=True)[0].mean(
+      axis=1, dtype=np.float32), soundfile.info(p).samplerate) for p in RAVDESS_WAVS[:2]]
+  return out
+
+
+SIGNALS = _signals()
+
+
+@pytest.mark.parametrize("name,y,sr", SIGNALS, ids=[s[0] for s in SIGNALS])
+def test_lean_primitives_equal_librosa_bitwise(name, y, sr):
+  import librosa
+  for n_fft, hop, win in ((512, 320, 400), (512, 160, 400), (2048, 512, None), (1024, 256, None)):
+    want = librosa.stft(y, n_fft=n_fft, hop_length=hop, win_length=win, window="hann",
+                        center=True, pad_mode="constant")
+    got = audio_lib.stft(y, n_fft, hop, win)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+  for target in (16000, 22050, sr):
+    want = librosa.resample(y, orig_sr=sr, target_sr=target, res_type="soxr_hq")
+    got = audio_lib.soxr_resample(y, sr, target)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+  power = np.abs(librosa.stft(y, n_fft=512, hop_length=320)) ** 2
+  for top_db in (80.0, 20.0):
+    np.testing.assert_array_equal(audio_lib.power_to_db(power, top_db=top_db),
+                                  librosa.power_to_db(power, top_db=top_db))
+  db = librosa.power_to_db(power)
+  np.testing.assert_array_equal(audio_lib.mfcc_from_db(db, 20),
+                                librosa.feature.mfcc(S=db, n_mfcc=20))
+
+
+def _reference_features(name: str, y: np.ndarray, sr: int) -> dict[str, np.ndarray]:
+  """The audio sets as they were computed through librosa's public functions."""
+  import librosa
+  import warnings
+
+  def resample(target):
+    out = librosa.resample(y, orig_sr=sr, target_sr=target, res_type="soxr_hq")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+  def power(x, n_fft, hop, win=None):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", UserWarning)
+      spec = librosa.stft(x, n_fft=n_fft, hop_length=hop, win_length=win, window="hann",
+                          center=True, pad_mode="constant")
+    return (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+
+  if name == "mfcc":
+    x = resample(16000)
+    mel = audio_lib.mel_basis(16000, 512, 64) @ power(x, 512, 320, 400)
+    feats = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20).T.astype(np.float32)
+    values, mask = audio_lib.crop_or_pad_time(feats, 180)
+    return {"mfcc": values, "mfcc_mask": mask}
+  if name == "logmel":
+    x = resample(16000)
+    mel = audio_lib.mel_basis(16000, 512, 64) @ power(x, 512, 160, 400)
+    feats = np.log(mel + audio_lib.LOG_FLOOR).T.astype(np.float32)
+    values, mask = audio_lib.crop_or_pad_time(feats, 400,
+                                              pad_value=float(np.log(audio_lib.LOG_FLOOR)))
+    return {"logmel": values, "logmel_mask": mask}
+  raise ValueError(name)
+
+
+@pytest.mark.parametrize("set_name", ["mfcc", "logmel"])
+@pytest.mark.parametrize("name,y,sr", SIGNALS[4:], ids=[s[0] for s in SIGNALS[4:]])
+def test_feature_sets_equal_the_librosa_reference(set_name, name, y, sr):
+  got = compute(set_name, y, sr)
+  want = _reference_features(set_name, y, sr)
+  assert set(got) == set(want)
+  for key in want:
+    assert got[key].dtype == want[key].dtype
+    np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_handcrafted_and_mel_image_spectra_equal_librosa():
+  """handcrafted162 and mel_image go through the same lean STFT and dB."""
+  import librosa
+  y, sr = SIGNALS[-1][1], SIGNALS[-1][2]
+  for target, n_fft, hop in ((22050, 2048, 512), (16000, 1024, 256)):
+    x = audio_lib.resample(y, sr, target)
+    spec = librosa.stft(x, n_fft=n_fft, hop_length=hop, window="hann", center=True,
+                        pad_mode="constant")
+    want = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+    got = audio_lib.power_spectrogram(x, n_fft, hop)
+    np.testing.assert_array_equal(got, want)
+    mel = audio_lib.mel_power(got, target, n_fft, 128)
+    np.testing.assert_array_equal(audio_lib.power_to_db(mel),
+                                  librosa.power_to_db(mel, top_db=80.0))
+
+
+def test_mono_wav_reads_as_its_channel_mean(tmp_path):
+  """read_audio skips the mean over a mono file's one column: same samples."""
+  from input_pipeline import media
+  rng = np.random.default_rng(1)
+  y = np.clip(rng.standard_normal(9000) * 0.3, -1, 1).astype(np.float32)
+  y[::7] = -0.0
+  path = tmp_path / "mono.wav"
+  soundfile.write(path, y, 16000, subtype="FLOAT")
+  data, _ = soundfile.read(path, dtype="float32", always_2d=True)
+  want = np.clip(data.mean(axis=1, dtype=np.float32), -1.0, 1.0)
+  got, sr = media.read_audio(path)
+  assert sr == 16000 and got.dtype == want.dtype
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(np.signbit(got), np.signbit(want))

@@ -138,22 +138,32 @@ def test_skip_report_lists_every_bad_file(tmp_path, synth_corpus):
 
 
 def test_interrupted_prepare_never_reads_as_complete(tmp_path, synth_corpus):
+  import re
+  import threading
   data_dir = tmp_path / "data"
   cmd = [sys.executable, "-m", "avjax", "prepare", "--dataset", "ravdess", "--manual-dir",
          str(synth_corpus), "--data-dir", str(data_dir), "--features", "stip",
-         "--workers", "1", "--quiet"]
-  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--workers", "1"]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           start_new_session=True)
+  done = [0]
+
+  def watch():  # The features progress bar: clips computed (and handed to TFDS) so far.
+    for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+      for m in re.finditer(rb"features:[^\r\n]*?(\d+)/\d+", chunk):
+        done[0] = max(done[0], int(m.group(1)))
+
+  watcher = threading.Thread(target=watch, daemon=True)
+  watcher.start()
   deadline = time.time() + 120
-  # Kill once features are being cached, i.e. mid-way through the work.
-  while time.time() < deadline and proc.poll() is None:
-    caches = list(data_dir.glob(CACHE_PREFIX + "*/*.pkl")) if data_dir.exists() else []
-    if len(caches) >= 2:
-      break
+  # Kill once features are being computed and written, i.e. mid-way through the work.
+  while time.time() < deadline and proc.poll() is None and done[0] < 2:
     time.sleep(0.2)
   assert proc.poll() is None, "prepare finished before it could be interrupted"
+  assert done[0] >= 2, "no progress seen before the deadline"
   os.killpg(proc.pid, signal.SIGKILL)
   proc.wait()
+  watcher.join(5)
   with pytest.raises(InputError, match="not prepared"):
     prepared_path(str(data_dir), "ravdess", "stip")
   report = prepare("ravdess", str(synth_corpus), str(data_dir), "stip", workers=1,
@@ -228,3 +238,59 @@ def test_all_skipped_still_writes_the_reasons(tmp_path, fixtures_dir):
   assert report["prepared"] == 0 and len(report["skipped"]) == report["found"] == len(media)
   with pytest.raises(InputError, match="not prepared"):
     prepared_path(str(tmp_path), "ravdess", "keyframe_mel")
+
+
+def _corpus_with_broken_takes(tmp_path, synth_corpus) -> Path:
+  """3 actors' wavs; actor 2's first take is corrupt (its split is settled by a
+  later take, whose result arrives out of order), actor 3's every take is."""
+  root = tmp_path / "corpus"
+  for actor in (1, 2, 3):
+    src = sorted((synth_corpus / f"Actor_{actor:02d}").glob("03-*.wav"))[:4]
+    dst = root / f"Actor_{actor:02d}"
+    dst.mkdir(parents=True)
+    for i, f in enumerate(src):
+      if actor == 3 or (actor == 2 and i == 0):
+        (dst / f.name).write_bytes(b"RIFF not really a wav")
+      else:
+        shutil.copy(f, dst / f.name)
+  return root
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_streamed_examples_equal_compute_example(tmp_path, synth_corpus, monkeypatch, workers):
+  """Features computed in the pool while TFDS writes are the examples that
+  `compute_example` gives for each take, whatever the order they arrive in; an
+  actor with no example has no split, and every take is accounted for."""
+  from input_pipeline.builders import base
+  from input_pipeline.prepare import make_builder
+  if workers > 1:  # A pool even for a handful of audio clips.
+    monkeypatch.setattr(base, "worker_count", lambda requested, n, modalities: requested)
+  corpus = _corpus_with_broken_takes(tmp_path, synth_corpus)
+  data = tmp_path / "data"
+  report = prepare("ravdess", str(corpus), str(data), "mfcc", workers=workers,
+                   progress=False)
+  assert report.found == 12 and report.prepared == 7 and len(report.skipped) == 5
+  assert not list(data.glob(CACHE_PREFIX + "*"))
+  takes = make_builder("ravdess", str(tmp_path), "mfcc", progress=False).discover(
+      str(corpus)).takes
+  want = {}
+  for take in takes:
+    key, example = base.compute_example(take, "mfcc")
+    if not isinstance(example, base.Skip):
+      want[key] = example
+  builder = open_prepared(str(data), "ravdess", "mfcc")
+  assert sorted(builder.info.splits) == ["actor_01", "actor_02"]
+  got = {}
+  for _, ex in _all_examples(builder):
+    key = ex["take_id"].decode() if isinstance(ex["take_id"], bytes) else ex["take_id"]
+    got[key] = ex
+  assert sorted(got) == sorted(want)
+  for key, ex in want.items():
+    for field, value in ex.items():
+      stored = got[key][field]
+      if isinstance(stored, bytes):
+        stored = stored.decode()
+      if isinstance(value, str):
+        assert stored == value, (key, field)
+      else:
+        np.testing.assert_array_equal(np.asarray(stored), np.asarray(value), err_msg=field)

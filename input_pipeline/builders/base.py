@@ -10,10 +10,12 @@ protocol is then a union of actor splits, and no split can mix a take's files.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -32,7 +34,11 @@ import tqdm
 
 from input_pipeline import clip as clip_lib
 from input_pipeline import features as features_lib
+from input_pipeline.builders.work import (Skip, Take, compute_example, compute_task,
+                                          init_worker, warm_constants)
 from input_pipeline.errors import InputError
+
+__all__ = ["AvBuilder", "Discovery", "Skip", "Take", "compute_example"]
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +48,6 @@ VIDEO_EXTENSIONS = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm")
 NO_VIDEO = clip_lib.NO_VIDEO
 FACE_DETECT_EVERY = clip_lib.FACE_DETECT_EVERY
 VIDEO_MAX_SIDE = clip_lib.VIDEO_MAX_SIDE
-
-
-@dataclasses.dataclass(frozen=True)
-class Take:
-  """One recorded performance and the files that carry it."""
-  take_id: str
-  actor: int
-  label: int
-  emotion: str
-  sex: str = "unknown"
-  intensity: int = 0
-  statement: int = 0
-  repetition: int = 0
-  audio_file: str | None = None        # a wav, or a container with an audio track
-  video_file: str | None = None
-  files: tuple[str, ...] = ()          # every file of the take, for the report
-
-
-@dataclasses.dataclass(frozen=True)
-class Skip:
-  """A take or file that did not become an example, and why."""
-  files: tuple[str, ...]
-  reason: str
-  take_id: str | None = None
 
 
 @dataclasses.dataclass
@@ -109,60 +91,6 @@ def metadata_features(class_names: Sequence[str]) -> dict:
       "face_fallback_frames": scalar(np.int32),
       "face_centre_fallback": scalar(np.bool_),
   }
-
-
-def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip]:
-  """Decodes a take and computes one feature set. Runs in worker processes.
-
-  Decoding and face tracking go through input_pipeline.clip, the path `predict`
-  takes too, so a served clip is featurised exactly as a training one."""
-  from input_pipeline import media  # Imported here: heavy, worker-side.
-
-  feature_set = features_lib.get_feature_set(feature_set_name)
-  need_audio = "audio" in feature_set.modalities
-  need_video = "video" in feature_set.modalities
-  try:
-    decoded = clip_lib.decode(take.take_id, audio_file=take.audio_file,
-                              video_file=take.video_file, need_audio=need_audio,
-                              need_video=need_video)
-    values = feature_set.compute(decoded.media())
-  except InputError as e:
-    return take.take_id, Skip(take.files, e.cause if e.path else str(e), take.take_id)
-  except Exception as e:  # noqa: BLE001 - a broken clip must not end a 1440-clip build.
-    return take.take_id, Skip(take.files, f"{type(e).__name__}: {' '.join(str(e).split())}",
-                              take.take_id)
-  audio, frames = decoded.audio, decoded.frames
-  hit_rate = decoded.face_hit_rate
-  fallback_frames = decoded.face_fallback_frames
-  centre = decoded.face_centre_fallback
-  has_audio = audio is not None
-  if not need_audio and take.audio_file is not None:
-    # Not decoded for this feature set, but recorded honestly: a container may
-    # lack its audio track (RAVDESS fixtures include such an mp4).
-    try:
-      has_audio = take.audio_file.lower().endswith(".wav") or media.probe(
-          take.audio_file).has_audio
-    except InputError:
-      has_audio = False
-  example = {
-      "clip_id": take.take_id,
-      "take_id": take.take_id,
-      "actor": take.actor,
-      "sex": take.sex,
-      "label": take.label,
-      "emotion": take.emotion,
-      "intensity": take.intensity,
-      "statement": take.statement,
-      "repetition": take.repetition,
-      "has_audio": has_audio,
-      "has_video": frames is not None or (take.video_file is not None and not need_video),
-      "source_files": ";".join(os.path.basename(f) for f in take.files),
-      "face_hit_rate": hit_rate,
-      "face_fallback_frames": fallback_frames,
-      "face_centre_fallback": centre,
-      **values,
-  }
-  return take.take_id, example
 
 
 class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -211,7 +139,11 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._use_beam = bool(download_config.beam_runner or download_config.beam_options)
     try:
       super()._download_and_prepare(dl_manager, download_config)
-    except Exception as e:  # noqa: BLE001 - re-raised, reworded when we know why.
+    except BaseException as e:
+      if getattr(self, "_stream", None) is not None:
+        self._stream.close()  # Workers stop now, not when the builder is collected.
+      if not isinstance(e, Exception):
+        raise  # noqa: BLE001 - re-raised, reworded when we know why.
       empty = re.search(r"generated examples is 0 for split (\w+)", str(e))
       if self._use_beam and empty:
         raise InputError(None, f"every take of {empty.group(1)} failed to decode in the "
@@ -223,11 +155,15 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self.prepared = sum(s.num_examples for s in self.info.splits.values())
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    """Computes every take's features first (in parallel, into a scratch cache on
-    disk), then declares one split per actor that has at least one example: TFDS
-    cannot write an empty split, and an actor whose every take was skipped must
-    simply be absent, not break the build. With a Beam runner, the features are
-    computed in the pipeline instead (`_beam_split_generators`)."""
+    """Declares one split per actor that has at least one example: TFDS cannot
+    write an empty split, and an actor whose every take was skipped must simply
+    be absent, not break the build. With a Beam runner, the features are computed
+    in the pipeline instead (`_beam_split_generators`).
+
+    Locally, features are computed in a pool while TFDS encodes and writes
+    (`ExampleStream`): the first take of every actor goes first, which settles
+    which actors get a split, then the rest in actor order, so each split's
+    generator finds its examples as they arrive instead of after the last clip."""
     manual_dir = os.fspath(dl_manager.manual_dir)
     if not os.path.isdir(manual_dir):
       raise InputError(manual_dir, "manual download directory does not exist")
@@ -241,35 +177,20 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if self._use_beam:
       return self._beam_split_generators(manual_dir, found.takes)
     os.makedirs(os.fspath(self._data_dir_root), exist_ok=True)
-    self._cache_dir = tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-",
-                                       dir=os.fspath(self._data_dir_root))
-    tasks = [(t, self.builder_config.feature_set_name, self._cache_dir)
-             for t in sorted(found.takes, key=lambda t: (t.actor, t.take_id))]
-    by_actor: dict[int, list[str]] = {}
-    modalities = features_lib.get_feature_set(self.builder_config.feature_set_name).modalities
-    with _pool(worker_count(self._workers, len(tasks), modalities)) as pool:
-      results = pool.imap_unordered(_compute_to_cache, tasks) if pool else map(
-          _compute_to_cache, tasks)
-      for take, result in tqdm.tqdm(results, total=len(tasks), unit="clip",
-                                    desc=f"{self.name}/{self.builder_config.name} features",
-                                    disable=not self._progress):
-        if isinstance(result, Skip):
-          log.warning("skipping %s: %s", take.take_id, result.reason)
-          self.skipped.append(result)
-        else:
-          by_actor.setdefault(take.actor, []).append(result)
-    if not by_actor:
+    feature_set_name = self.builder_config.feature_set_name
+    self._stream = ExampleStream(
+        self, found.takes, feature_set_name, self._workers,
+        scratch_root=os.fspath(self._data_dir_root),
+        desc=f"{self.name}/{self.builder_config.name} features", progress=self._progress)
+    actors = self._stream.settle()
+    if not actors:
+      self._stream.close()
       raise InputError(manual_dir, f"every clip was skipped ({len(self.skipped)})")
-    self.prepared = sum(len(v) for v in by_actor.values())
-    return {split_name(actor): self._generate_examples(sorted(paths))
-            for actor, paths in sorted(by_actor.items())}
+    return {split_name(actor): self._generate_examples(actor) for actor in actors}
 
-  def _generate_examples(self, cached: Sequence[str]) -> Iterator[tuple[str, dict]]:
-    for path in cached:
-      with open(path, "rb") as f:
-        key, example = pickle.load(f)
-      os.remove(path)
-      yield key, example
+  def _generate_examples(self, actor: int) -> Iterator[tuple[str, dict]]:
+    """One actor's (take id, example) pairs, as the pool computes them."""
+    return self._stream.examples(actor)
 
   # -- The Beam path ---------------------------------------------------------------
 
@@ -321,10 +242,10 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self.skipped.append(skip)
 
   def cleanup(self) -> None:
-    cache = getattr(self, "_cache_dir", None)
-    if cache:
-      shutil.rmtree(cache, ignore_errors=True)
-      self._cache_dir = None
+    stream = getattr(self, "_stream", None)
+    if stream is not None:
+      stream.close()
+      self._stream = None
     if getattr(self, "_skip_dir", None):
       _delete_tree(self._skip_dir)
       self._skip_dir = None
@@ -339,23 +260,20 @@ _SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                       "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
 
-def _init_worker() -> None:
-  import cv2
-  cv2.setNumThreads(1)
-
-
 @contextlib.contextmanager
-def _pool(workers: int):
+def _pool(workers: int, constants: dict | None = None):
   """Spawned workers (forking a process that may hold jax/TF threads is unsafe),
   each single-threaded. The environment is set around the spawn, because BLAS
-  reads it once, when numpy is first imported in the child."""
+  reads it once, when numpy is first imported in the child. Workers import
+  `input_pipeline.builders.work` (no TFDS) to run their tasks."""
   if workers <= 1:
     yield None
     return
   saved = {k: os.environ.get(k) for k in _SINGLE_THREAD_ENV}
   os.environ.update(_SINGLE_THREAD_ENV)
   try:
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker,
+                                                     initargs=(constants,))
   finally:
     for k, v in saved.items():
       if v is None:
@@ -370,22 +288,127 @@ def _pool(workers: int):
 
 
 def worker_count(requested: int, num_tasks: int, modalities: Sequence[str]) -> int:
-  """Workers worth starting: each costs a few seconds of imports, which only pays
-  off with enough work per worker (audio features take milliseconds per clip,
-  video features with face tracking about a second)."""
+  """Workers worth starting: each costs about a second of imports, which only
+  pays off with enough work per worker (audio features take milliseconds per
+  clip, video features with face tracking about a second)."""
   per_worker = 4 if "video" in modalities else 200
   return max(1, min(requested, -(-num_tasks // per_worker)))
 
 
-def _compute_to_cache(task) -> tuple[Take, str | Skip]:
-  take, feature_set_name, cache_dir = task
-  key, result = compute_example(take, feature_set_name)
-  if isinstance(result, Skip):
-    return take, result
-  path = os.path.join(cache_dir, f"{hashlib.sha1(key.encode()).hexdigest()}.pkl")
-  with open(path, "wb") as f:
-    pickle.dump((key, result), f, protocol=pickle.HIGHEST_PROTOCOL)
-  return take, path
+def _in_order(pool, fn, tasks: Sequence, window: int) -> Iterator:
+  """fn over tasks, results in task order, at most `window` tasks in flight, so
+  that finished examples never pile up in memory ahead of the writer."""
+  if pool is None:
+    for task in tasks:
+      yield fn(task)
+    return
+  pending = collections.deque()
+  todo = iter(tasks)
+  for task in itertools.islice(todo, window):
+    pending.append(pool.apply_async(fn, (task,)))
+  while pending:
+    result = pending.popleft().get()
+    for task in itertools.islice(todo, 1):
+      pending.append(pool.apply_async(fn, (task,)))
+    yield result
+
+
+class ExampleStream:
+  """Computes every take's example in a pool and hands them to the actor splits'
+  generators as they arrive, while TFDS encodes and writes in this process.
+
+  Order of work: the first take of each actor, then every other take by (actor,
+  take). `settle()` takes results until every actor has an example or has run
+  out of takes (normally just the first round), which is what TFDS needs before
+  any writing: the list of non-empty splits. `examples(actor)` then yields that
+  actor's examples; the results it pulls are, in the normal order, its own. A
+  result that arrives for another actor (an actor whose first takes failed,
+  or a split generator run out of order) waits in a scratch pickle beside the
+  data, so memory holds at most one example per actor plus the pool's window.
+  Skips go to the builder's report as they arrive; `prepared` counts the
+  examples handed to TFDS."""
+
+  def __init__(self, builder: "AvBuilder", takes: Sequence[Take], feature_set_name: str,
+               workers: int, *, scratch_root: str, desc: str, progress: bool):
+    self._builder = builder
+    self._by_actor: dict[int, list[Take]] = {}
+    for take in sorted(takes, key=lambda t: (t.actor, t.take_id)):
+      self._by_actor.setdefault(take.actor, []).append(take)
+    self._order = ([ts[0] for ts in self._by_actor.values()]
+                   + [t for ts in self._by_actor.values() for t in ts[1:]])
+    self._left = {actor: len(ts) for actor, ts in self._by_actor.items()}
+    self._ready: dict[int, collections.deque] = {a: collections.deque() for a in self._by_actor}
+    self._has_example: set[int] = set()
+    self._scratch_root = scratch_root
+    self._scratch: str | None = None
+    modalities = features_lib.get_feature_set(feature_set_name).modalities
+    n = worker_count(workers, len(self._order), modalities)
+    self._exit = contextlib.ExitStack()
+    pool = self._exit.enter_context(
+        _pool(n, warm_constants(feature_set_name) if n > 1 else None))
+    self._results = _in_order(pool, compute_task,
+                              [(i, t, feature_set_name) for i, t in enumerate(self._order)],
+                              window=4 * n)
+    self._bar = self._exit.enter_context(
+        tqdm.tqdm(total=len(self._order), unit="clip", desc=desc, disable=not progress))
+    self._closed = False
+
+  def settle(self) -> list[int]:
+    """The actors that have at least one example, in order."""
+    for actor in self._by_actor:
+      while actor not in self._has_example and self._left[actor]:
+        self._pull(for_actor=None)
+    return [a for a in self._by_actor if a in self._has_example]
+
+  def examples(self, actor: int) -> Iterator[tuple[str, dict]]:
+    ready = self._ready[actor]
+    while ready or self._left[actor]:
+      if not ready:
+        self._pull(for_actor=actor)
+        continue
+      key, item = ready.popleft()
+      if isinstance(item, str):  # Spilled: read back and drop the scratch file.
+        path = item
+        with open(path, "rb") as f:
+          item = pickle.load(f)
+        os.remove(path)
+      self._builder.prepared += 1
+      yield key, item
+    if not any(self._left.values()) and not any(self._ready.values()):
+      self.close()  # Every result is in: the workers can go.
+
+  def _pull(self, for_actor: int | None) -> None:
+    index, result = next(self._results)
+    take = self._order[index]
+    self._left[take.actor] -= 1
+    self._bar.update()
+    if isinstance(result, Skip):
+      log.warning("skipping %s: %s", take.take_id, result.reason)
+      self._builder.skipped.append(result)
+      return
+    first = take.actor not in self._has_example
+    self._has_example.add(take.actor)
+    keep = take.actor == for_actor or (for_actor is None and first)
+    self._ready[take.actor].append((take.take_id, result if keep else self._spill(take, result)))
+
+  def _spill(self, take: Take, example: dict) -> str:
+    if self._scratch is None:
+      self._scratch = tempfile.mkdtemp(prefix=f"{CACHE_PREFIX}{os.getpid()}-",
+                                       dir=self._scratch_root)
+    path = os.path.join(self._scratch,
+                        f"{hashlib.sha1(take.take_id.encode()).hexdigest()}.pkl")
+    with open(path, "wb") as f:
+      pickle.dump(example, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+  def close(self) -> None:
+    """Stops the pool and removes the scratch files; safe to call twice."""
+    if self._closed:
+      return
+    self._closed = True
+    self._exit.close()
+    if self._scratch:
+      shutil.rmtree(self._scratch, ignore_errors=True)
 
 
 def probe_take(take: Take, modalities: Sequence[str]) -> Skip | None:

@@ -2,17 +2,23 @@
 and pitch/energy statistics.
 
 Each set computes one STFT and derives everything else from it, because the STFT
-is the bulk of the cost. Resampling uses soxr (through librosa), which is fast and
-deterministic.
+is the bulk of the cost. Resampling uses soxr, which is fast and deterministic.
+
+The resampler, the STFT, `power_to_db` and the MFCC DCT are librosa's own
+computations (same soxr call, same scipy.fft calls on the same blocks of frames,
+same dtypes), minus librosa's per-call wrappers: `prepare` spends a few ms per
+clip here, and the wrappers (window construction, checks, lazy imports of
+scipy.signal in every worker) cost as much as the numbers. tests/test_features_audio.py
+checks the results bit-for-bit against librosa.
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
 
 import librosa
 import numpy as np
+import scipy.fft
+import soxr
 
 # Floor added before the natural log of mel power: silence maps to log(1e-6).
 LOG_FLOOR = 1e-6
@@ -36,9 +42,29 @@ def resample(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarra
   audio = to_mono_float32(audio)
   if int(sample_rate) == int(target_rate):
     return audio
-  out = librosa.resample(audio, orig_sr=int(sample_rate), target_sr=int(target_rate),
-                         res_type="soxr_hq")
-  return np.ascontiguousarray(out, dtype=np.float32)
+  return np.ascontiguousarray(soxr_resample(audio, int(sample_rate), int(target_rate)),
+                              dtype=np.float32)
+
+
+def soxr_resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+  """`librosa.resample(y, res_type="soxr_hq")` for 1-D `y`, without importing
+  librosa's audio module (scipy.signal, scipy.stats, numba: seconds per worker)."""
+  if orig_sr == target_sr:
+    return y
+  ratio = float(target_sr) / orig_sr
+  n_samples = int(np.ceil(y.shape[-1] * ratio))
+  y_hat = soxr.resample(y, orig_sr, target_sr, quality="soxr_hq")
+  return np.asarray(_fix_length(y_hat, n_samples), dtype=y.dtype)
+
+
+def _fix_length(data: np.ndarray, size: int) -> np.ndarray:
+  """librosa.util.fix_length on the last axis: trim, or zero-pad at the end."""
+  n = data.shape[-1]
+  if n > size:
+    return data[..., :size]
+  if n < size:
+    return np.pad(data, [(0, 0)] * (data.ndim - 1) + [(0, size - n)], mode="constant")
+  return data
 
 
 def power_spectrogram(audio: np.ndarray, n_fft: int, hop_length: int,
@@ -47,12 +73,93 @@ def power_spectrogram(audio: np.ndarray, n_fft: int, hop_length: int,
 
   Zero (not reflect) padding keeps the frame count a pure function of the length,
   which is what the masks are computed from. Clips shorter than n_fft are fine
-  (zero padded), so librosa's warning about them is silenced."""
-  with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="n_fft=.* is too large", category=UserWarning)
-    spec = librosa.stft(audio, n_fft=n_fft, hop_length=hop_length, win_length=win_length,
-                        window="hann", center=True, pad_mode="constant")
+  (zero padded)."""
+  spec = stft(audio, n_fft=n_fft, hop_length=hop_length, win_length=win_length)
   return (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+
+
+_MAX_MEM_BLOCK = 2 ** 8 * 2 ** 10  # librosa.util.MAX_MEM_BLOCK: frames per rfft call
+
+
+def stft_window(n_fft: int, win_length: int) -> np.ndarray:
+  """librosa's periodic Hann window centred in n_fft, (n_fft, 1) float64, cached:
+  building it goes through scipy.signal, which costs more than the STFT."""
+  def build():
+    window = librosa.filters.get_window("hann", win_length, fftbins=True)
+    return librosa.util.pad_center(window, size=n_fft)[:, None]
+  return _constant(("hann", int(n_fft), int(win_length)), build)
+
+
+def _frame(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
+  """librosa.util.frame of 1-D `y`: a (frame_length, n_frames) strided view."""
+  n_frames = 1 + (y.shape[-1] - frame_length) // hop_length
+  if n_frames < 1:
+    raise ValueError(f"input of {y.shape[-1]} samples is shorter than a frame "
+                     f"({frame_length})")
+  return np.lib.stride_tricks.as_strided(
+      y, shape=(frame_length, n_frames), strides=(y.strides[-1], hop_length * y.strides[-1]),
+      writeable=False)
+
+
+def stft(y: np.ndarray, n_fft: int, hop_length: int,
+         win_length: int | None = None) -> np.ndarray:
+  """`librosa.stft(y, window="hann", center=True, pad_mode="constant")` of 1-D
+  float32 `y`, (1 + n_fft // 2, frames) complex64: the same frames, window and
+  scipy.fft.rfft calls in the same blocks, so the same numbers, without the
+  per-call window construction and checks."""
+  y = np.asarray(y)
+  if y.ndim != 1 or not np.issubdtype(y.dtype, np.floating):
+    raise ValueError(f"audio must be 1-D floating point, got {y.dtype} {y.shape}")
+  if not np.all(np.isfinite(y)):
+    raise ValueError("audio has non-finite samples")
+  win_length = n_fft if win_length is None else win_length
+  window = stft_window(n_fft, win_length)
+  half = n_fft // 2
+  start_k = int(np.ceil(half / hop_length))
+  tail_k = (y.shape[-1] + half - n_fft) // hop_length + 1
+  frames_pre = frames_post = None
+  if tail_k <= start_k:
+    start = extra = 0
+    y = np.pad(y, (half, half), mode="constant")
+  else:
+    # librosa pads only the frames that reach past either end.
+    start = start_k * hop_length - half
+    y_pre = np.pad(y[:(start_k - 1) * hop_length - half + n_fft + 1], (half, 0),
+                   mode="constant")
+    frames_pre = _frame(y_pre, n_fft, hop_length)[:, :start_k]
+    extra = frames_pre.shape[-1]
+    if tail_k * hop_length - half + n_fft <= y.shape[-1] + half:
+      y_post = np.pad(y[tail_k * hop_length - half:], (0, half), mode="constant")
+      frames_post = _frame(y_post, n_fft, hop_length)
+      extra += frames_post.shape[-1]
+  dtype = np.complex128 if y.dtype == np.float64 else np.complex64
+  frames = _frame(y[start:], n_fft, hop_length)
+  out = np.zeros((1 + half, frames.shape[-1] + extra), dtype=dtype, order="F")
+  off_start = 0
+  if frames_pre is not None:
+    off_start = frames_pre.shape[-1]
+    out[:, :off_start] = scipy.fft.rfft(window * frames_pre, axis=-2)
+    if frames_post is not None and frames_post.shape[-1] > 0:
+      out[:, -frames_post.shape[-1]:] = scipy.fft.rfft(window * frames_post, axis=-2)
+  n_columns = max(1, int(_MAX_MEM_BLOCK // (frames.shape[0] * frames.itemsize)))
+  for bl_s in range(0, frames.shape[-1], n_columns):
+    bl_t = min(bl_s + n_columns, frames.shape[-1])
+    out[:, bl_s + off_start:bl_t + off_start] = scipy.fft.rfft(
+        window * frames[:, bl_s:bl_t], axis=-2)
+  return out
+
+
+def power_to_db(power: np.ndarray, top_db: float = 80.0, amin: float = 1e-10) -> np.ndarray:
+  """`librosa.power_to_db(power, ref=1.0, amin=amin, top_db=top_db)` for real input."""
+  power = np.asarray(power)
+  log_spec = 10.0 * np.log10(np.maximum(amin, power))
+  log_spec -= 10.0 * np.log10(np.maximum(amin, np.abs(1.0)))
+  return np.maximum(log_spec, log_spec.max() - top_db)
+
+
+def mfcc_from_db(mel_db: np.ndarray, n_mfcc: int = 20) -> np.ndarray:
+  """`librosa.feature.mfcc(S=mel_db, n_mfcc=n_mfcc)`: orthonormal DCT-II over mels."""
+  return scipy.fft.dct(mel_db, axis=-2, type=2, norm="ortho")[..., :n_mfcc, :]
 
 
 def num_frames(num_samples: int, hop_length: int) -> int:
@@ -60,11 +167,37 @@ def num_frames(num_samples: int, hop_length: int) -> int:
   return 1 + int(num_samples) // int(hop_length)
 
 
-@functools.lru_cache(maxsize=16)
+# Filterbanks and windows, built once per process. `constants()` / `preload()` let
+# `prepare` hand its workers the ones it built: building them imports
+# scipy.signal through librosa.filters, over a second of CPU per worker.
+_CONSTANTS: dict[tuple, np.ndarray] = {}
+
+
+def _constant(key: tuple, build) -> np.ndarray:
+  value = _CONSTANTS.get(key)
+  if value is None:
+    value = build()
+    value.setflags(write=False)
+    _CONSTANTS[key] = value
+  return value
+
+
+def constants() -> dict[tuple, np.ndarray]:
+  """Every filterbank and window built so far in this process."""
+  return dict(_CONSTANTS)
+
+
+def preload(built: dict[tuple, np.ndarray]) -> None:
+  """Adopts filterbanks and windows built by another process (same code, same values)."""
+  for key, value in built.items():
+    _constant(key, lambda v=value: np.array(v))
+
+
 def mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
   """Slaney mel filterbank, cached: building it costs as much as a short STFT."""
-  return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels,
-                             fmin=0.0, fmax=sample_rate / 2.0).astype(np.float32)
+  return _constant(("mel", int(sample_rate), int(n_fft), int(n_mels)), lambda: librosa.filters.mel(
+      sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=0.0,
+      fmax=sample_rate / 2.0).astype(np.float32))
 
 
 def mel_power(power: np.ndarray, sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
@@ -114,8 +247,8 @@ def mfcc_fixed(audio: np.ndarray, sample_rate: int, n_frames: int = 180,
   Padding is zeros, as in S1/S3's Keras pipelines."""
   y = resample(audio, sample_rate, target_rate)
   power = power_spectrogram(y, n_fft=512, hop_length=hop_length, win_length=400)
-  mel_db = librosa.power_to_db(mel_power(power, target_rate, 512, 64))
-  mfcc = librosa.feature.mfcc(S=mel_db, n_mfcc=n_mfcc).T.astype(np.float32)
+  mel_db = power_to_db(mel_power(power, target_rate, 512, 64))
+  mfcc = mfcc_from_db(mel_db, n_mfcc=n_mfcc).T.astype(np.float32)
   return crop_or_pad_time(mfcc, n_frames, pad_value=0.0)
 
 
@@ -194,7 +327,7 @@ def handcrafted(audio: np.ndarray, sample_rate: int, target_rate: int = 22050,
   zcr = np.mean(signs[:, 1:] != signs[:, :-1], axis=1)
   chroma = librosa.feature.chroma_stft(S=power, sr=target_rate, n_fft=n_fft, tuning=0.0)
   mel = mel_power(power, target_rate, n_fft, 128)
-  mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20)
+  mfcc = mfcc_from_db(power_to_db(mel), n_mfcc=20)
   rms_spec = librosa.feature.rms(S=magnitude, frame_length=n_fft)[0]
   vector = np.concatenate([
       [zcr.mean()], chroma.mean(axis=1), mfcc.mean(axis=1), [rms_spec.mean()],
@@ -216,7 +349,7 @@ def mel_image(audio: np.ndarray, sample_rate: int, size: int = 128,
   import cv2  # Local: audio-only users need not import OpenCV.
   y = resample(audio, sample_rate, target_rate)
   power = power_spectrogram(y, n_fft, hop_length)
-  db = librosa.power_to_db(mel_power(power, target_rate, n_fft, size), top_db=80.0)
+  db = power_to_db(mel_power(power, target_rate, n_fft, size), top_db=80.0)
   db = db.astype(np.float32)
   cols = db.shape[1]
   interp = cv2.INTER_AREA if cols > size else cv2.INTER_LINEAR
