@@ -1,14 +1,18 @@
 """Per-op convolution timings: plain XLA against avjax's CPU path, one run.
 
 For each conv layer of the S1 video net (Conv3D 16, 16, pool, 32, 32 on
-30x80x70x1 clips) and of FERCNN (Conv1D 256/128/64/64/32, k3, VALID on a
+30x80x70x1 clips), of the S5 ONN (`--net onn`: its Conv2D layers over the Q=3
+power channels) and of FERCNN (Conv1D 256/128/64/64/32, k3, VALID on a
 162-long vector), times forward, input gradient (dgrad) and weight gradient
 (wgrad) with `impl='xla'` and `impl='cpu'`, alternating the two so both see the
 same machine load, and prints xla/cpu ratios (>1: the CPU path is faster).
-`--variants` also times formulations we tried and did not pick.
+`--variants` also times formulations we tried and did not pick; `--onednn`
+adds a column for impl='onednn' (TensorFlow's oneDNN kernels via
+jax.pure_callback, avjax.layers.conv).
 
   python benchmarks/conv_ops.py                 # batch 32, both nets
   python benchmarks/conv_ops.py --net video --batch 8 --variants
+  python benchmarks/conv_ops.py --net video --batch 8 --onednn
   python benchmarks/conv_ops.py --smoke         # tiny shapes, seconds
 """
 
@@ -40,6 +44,15 @@ FERCNN = [
     ("conv1d 128->64", (17, 128), (3,), 64, "VALID"),
     ("conv1d 64->64", (5, 64), (3,), 64, "VALID"),
     ("conv1d 64->32", (3, 64), (3,), 32, "VALID"),
+]
+# S5 ONN (akturk_onn defaults): the operational convs, channels = Q * C with Q=3.
+ONN = [
+    ("onn key 9->16", (96, 96, 9), (3, 3), 16, "SAME"),
+    ("onn key 48->32", (48, 48, 48), (3, 3), 32, "SAME"),
+    ("onn key 96->64", (24, 24, 96), (3, 3), 64, "SAME"),
+    ("onn mel 3->16", (128, 128, 3), (3, 3), 16, "SAME"),
+    ("onn mel 48->32", (64, 64, 48), (3, 3), 32, "SAME"),
+    ("onn mel 96->64", (32, 32, 96), (3, 3), 64, "SAME"),
 ]
 SMOKE = [
     ("smoke conv3d", (4, 6, 5, 2), (3, 3, 3), 3, "SAME"),
@@ -110,7 +123,7 @@ def _timeit(fn, args, reps):
   return min(times)
 
 
-def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants):
+def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants, onednn=False):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, *in_shape), np.float32))
   w = jnp.asarray(rng.standard_normal((*ksize, in_shape[-1], out_ch), np.float32) * 0.1)
@@ -118,19 +131,23 @@ def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants):
                            x, w).shape
   g = jnp.asarray(rng.standard_normal(y_shape, np.float32))
   xla, cpu = _passes("xla", padding), _passes("cpu", padding)
+  dnn = _passes("onednn", padding) if onednn else None
   rows = []
   for op in ("fwd", "dgrad", "wgrad"):
     fx, fc = jax.jit(xla[op]), jax.jit(cpu[op])
-    jax.block_until_ready(fx(x, w, g))
-    jax.block_until_ready(fc(x, w, g))
-    tx, tc = [], []
-    for _ in range(reps):  # alternate blocks so both see the same load
-      tx.append(_timeit(fx, (x, w, g), 2))
-      tc.append(_timeit(fc, (x, w, g), 2))
-    tx, tc = min(tx), min(tc)
+    fns = [fx, fc] + ([jax.jit(dnn[op])] if dnn else [])
+    for f in fns:
+      jax.block_until_ready(f(x, w, g))
+    ts = [[] for _ in fns]
+    for _ in range(reps):  # alternate blocks so all see the same load
+      for f, t in zip(fns, ts):
+        t.append(_timeit(f, (x, w, g), 2))
+    tx, tc = min(ts[0]), min(ts[1])
     rows.append((op, tx, tc))
+    extra = (f"   onednn {min(ts[2]) * 1e3:9.2f} ms  xla/onednn {tx / min(ts[2]):5.2f}x"
+             if dnn else "")
     print(f"  {name:18s} {op:6s} xla {tx * 1e3:9.2f} ms   cpu-path {tc * 1e3:9.2f} ms"
-          f"   xla/cpu {tx / tc:5.2f}x", flush=True)
+          f"   xla/cpu {tx / tc:5.2f}x{extra}", flush=True)
   if variants:
     for vname, (op, settings) in _variants(ksize, padding).items():
       base = dict((r[0], r[1]) for r in rows)[op]
@@ -145,11 +162,14 @@ def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--net", choices=("video", "fercnn", "both"), default="both")
+  parser.add_argument("--net", choices=("video", "fercnn", "onn", "both"), default="both",
+                      help="'both': video and fercnn")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--variants", action="store_true",
                       help="also time the formulations we tried and did not pick")
+  parser.add_argument("--onednn", action="store_true",
+                      help="also time impl='onednn' (TF's oneDNN kernels via pure_callback)")
   parser.add_argument("--smoke", action="store_true", help="tiny shapes, 1 rep")
   args = parser.parse_args(argv)
 
@@ -157,15 +177,16 @@ def main(argv=None):
     nets = {"smoke": SMOKE}
     args.batch, args.reps = 2, 1
   else:
-    nets = {k: v for k, v in (("video", VIDEO), ("fercnn", FERCNN))
-            if args.net in (k, "both")}
+    nets = {k: v for k, v in (("video", VIDEO), ("fercnn", FERCNN), ("onn", ONN))
+            if args.net == k or (args.net == "both" and k != "onn")}
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"devices {jax.devices()}, batch {args.batch}", flush=True)
   for net, layers in nets.items():
     print(f"{net}:", flush=True)
     totals = {"xla": 0.0, "cpu": 0.0}
     for layer in layers:
-      for op, tx, tc in bench_layer(*layer, args.batch, args.reps, args.variants):
+      for op, tx, tc in bench_layer(*layer, args.batch, args.reps, args.variants,
+                                    args.onednn):
         totals["xla"] += tx
         totals["cpu"] += tc
     print(f"  {net} all layers, fwd+dgrad+wgrad: xla {totals['xla']:.3f} s, cpu-path "

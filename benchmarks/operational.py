@@ -8,6 +8,7 @@ the candidates so all see the same machine load.
 
   python benchmarks/operational.py                  # 2D 64x64x32 -> 32, k3, batch 16, Q=3
   python benchmarks/operational.py --impl xla       # plain XLA convs (TPU/GPU path)
+  python benchmarks/operational.py --impl onednn    # TF oneDNN kernels via pure_callback
   python benchmarks/operational.py --smoke
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avjax.layers import OperationalConv, conv_nd  # noqa: E402
+from avjax.layers import conv as conv_lib  # noqa: E402
 
 
 def _loss_fns(q: int, c: int, impl: str):
@@ -63,7 +65,7 @@ def main(argv=None):
   parser.add_argument("--size", type=int, default=64)
   parser.add_argument("--channels", type=int, default=32)
   parser.add_argument("--reps", type=int, default=5)
-  parser.add_argument("--impl", default="auto", choices=("auto", "xla", "cpu"))
+  parser.add_argument("--impl", default="auto", choices=conv_lib.IMPLS)
   parser.add_argument("--smoke", action="store_true")
   args = parser.parse_args(argv)
   if args.smoke:

@@ -2,7 +2,7 @@
 
 Issue 4 asks avjax to train at least 1.5x as fast as Keras on TensorFlow (what
 the papers used) and at least as fast as PyTorch; issue 8 adds the S1 video net
-and asks for >= 1.0x PyTorch everywhere and >= 1.0x Keras on that net. One run
+and the S5 ONN and asks for >= 1.0x PyTorch everywhere and >= 1.0x Keras on that net. One run
 measures every framework on identical shapes and batch size, interleaved, and
 prints the ratios, because absolute times on a shared machine are noise.
 
@@ -18,6 +18,11 @@ replicas, drives the FLOP count, and is checked against avjax's parameter count)
              dropout 0.2, Dense 256, Dense 6; 152,614 parameters. A registered
              `*fercnn*` model is used when avjax has one, else a
              benchmark-local linen definition built with `avjax.models.conv`.
+  s5_onn     S5 registered `akturk_onn` (defaults): keyframe (B,96,96,3) uint8
+             and mel_image (B,128,128) float, each 3 operational Conv2D blocks
+             (16, 32, 64; Q=3, k3, SAME) with max-pool 2, tanh, global average
+             pool; concatenated, Dense 128 ReLU, Dense 8. The replicas build an
+             operational conv as tanh, channel powers [t, t^2, t^3], one conv.
 
 One train step is forward, softmax cross-entropy, backward and Adam (lr 1e-3):
   jax       `jax.jit` with donated (params, opt_state), compiled ahead of time, so
@@ -25,7 +30,9 @@ One train step is forward, softmax cross-entropy, backward and Adam (lr 1e-3):
             what `avjax.models.conv`/`max_pool` build by default (on CPU:
             avjax.layers' CPU path, issue 8).
   jax-xla   the same with `avjax.models.set_conv_impl("xla")`: plain
-            `lax.conv_general_dilated` and flax max-pool, for comparison.
+            `lax.conv_general_dilated` and flax max-pool, for comparison;
+            likewise jax-cpu (avjax's pure-XLA CPU formulation) and jax-onednn
+            (TensorFlow's oneDNN conv kernels through jax.pure_callback).
   keras     Keras 3 on TF: both `model.train_on_batch` after `compile()` (on CPU
             Keras' jit_compile='auto' means no XLA, as the papers ran) and a
             custom `tf.function(jit_compile=False)` GradientTape step; the
@@ -92,21 +99,25 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-NETS = ("s1_fusion", "s1_video", "fercnn")
-FRAMEWORKS = ("jax", "jax-xla", "keras", "torch")
+NETS = ("s1_fusion", "s1_video", "fercnn", "s5_onn")
+FRAMEWORKS = ("jax", "jax-xla", "jax-cpu", "jax-onednn", "keras", "torch")
 DEFAULT_FRAMEWORKS = ("jax", "keras", "torch")
 BATCH = 32
 # Targets per net: (min avjax/Keras, min avjax/PyTorch). Issue 4: S1 fusion and
 # FERCNN; issue 8: the S1 video net, and >= 1.0x PyTorch everywhere.
-TARGETS = {"s1_fusion": (1.5, 1.0), "fercnn": (1.5, 1.0), "s1_video": (1.0, 1.0)}
-SLOW_NETS = ("s1_fusion", "s1_video")
+TARGETS = {"s1_fusion": (1.5, 1.0), "fercnn": (1.5, 1.0), "s1_video": (1.0, 1.0),
+           "s5_onn": (None, 1.0)}
+SLOW_NETS = ("s1_fusion", "s1_video", "s5_onn")
 
 
 # --------------------------------------------------------------- net specs
 # A layer is a tuple: ("cmvn",) per-example mean/variance normalisation of each
 # channel over time; ("scale",) uint8 -> float / 255; ("conv", features, kernel,
 # padding) + ReLU; ("pool", window, strides, padding) max-pool; ("dropout", rate);
-# ("flatten",); ("dense", width, relu: bool).
+# ("flatten",); ("dense", width, relu: bool); ("affine", scale, shift) x * scale +
+# shift (uint8 or [0, 1] -> [-1, 1]); ("opconv", features, kernel, padding, Q) an
+# operational (Self-ONN) conv: tanh, powers [t, .., t^Q] on channels, one conv, no
+# activation; ("tanh",); ("gap",) global average pool over the spatial axes.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +126,8 @@ class Branch:
   shape: tuple[int, ...]  # Channels-last, without the batch.
   dtype: str
   layers: tuple[tuple, ...]
+  # avjax reads this input without its unit channel axis (S5's mel image).
+  squeeze_for_avjax: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +166,14 @@ FERCNN_LAYERS = (
     ("flatten",), ("dense", 256, True), ("dropout", 0.2))
 
 
+def _s5_branch_layers(features, q: int, k: int, pool: int, scale: float,
+                      shift: float) -> tuple:
+  layers = [("affine", scale, shift)]
+  for width in features:
+    layers += [("opconv", width, (k, k), "same", q), ("pool", (pool, pool), (pool, pool), "valid")]
+  return tuple(layers + [("tanh",), ("gap",)])
+
+
 def s1_branch_kwargs(smoke: bool) -> tuple[dict, dict, dict]:
   """Input shapes and video widths: the paper's, or tiny ones for --smoke."""
   if smoke:
@@ -168,7 +189,20 @@ def build_specs(smoke: bool) -> dict[str, NetSpec]:
   video = models.get_model("sultana_video", num_classes=8, **video_kw)
   a = Branch("mfcc", shapes["mfcc"], "float32", _s1_audio_layers(audio))
   v = Branch("frames3d", shapes["frames3d"], "uint8", _s1_video_layers(video))
+  onn = models.get_model("akturk_onn", num_classes=8, **(
+      {"keyframe_features": (4, 4), "mel_features": (4, 4), "hidden": (8,)} if smoke else {}))
+  side = (16, 16) if smoke else None
+  onn_branches = (
+      Branch("keyframe", side + (3,) if smoke else (96, 96, 3), "uint8", _s5_branch_layers(
+          onn.keyframe_features, onn.q_order, onn.kernel_size, onn.pool_size,
+          1 / 127.5, -1.0)),
+      Branch("mel_image", side + (1,) if smoke else (128, 128, 1), "float32", _s5_branch_layers(
+          onn.mel_features, onn.q_order, onn.kernel_size, onn.pool_size, 2.0, -1.0),
+             squeeze_for_avjax=True))
+  assert onn.global_pool == "avg" and not onn.dropout_rate, "spec follows the defaults"
   return {
+      "s5_onn": NetSpec("s5_onn", onn_branches,
+                        tuple(("dense", w, True) for w in onn.hidden) + (("dense", 8, False),), 8),
       "s1_fusion": NetSpec("s1_fusion", (a, v), (("dense", 128, True), ("dense", 8, False)), 8),
       "s1_video": NetSpec("s1_video", (v,), (("dense", 8, False),), 8),
       "fercnn": NetSpec("fercnn", (Branch("x162", (162, 1), "float32", FERCNN_LAYERS),),
@@ -183,8 +217,10 @@ def _out_len(n: int, k: int, s: int, padding: str) -> int:
 def next_shape(shape: tuple[int, ...], layer: tuple) -> tuple[int, ...]:
   """Channels-last output shape of one layer (without the batch)."""
   kind = layer[0]
-  if kind == "conv":
+  if kind in ("conv", "opconv"):
     return tuple(_out_len(n, k, 1, layer[3]) for n, k in zip(shape[:-1], layer[2])) + (layer[1],)
+  if kind == "gap":
+    return shape[-1:]
   if kind == "pool":
     return tuple(_out_len(n, k, s, layer[3])
                  for n, k, s in zip(shape[:-1], layer[1], layer[2])) + shape[-1:]
@@ -203,9 +239,10 @@ def trace(spec: NetSpec) -> tuple[int, int]:
     nonlocal params, macs
     for layer in layers:
       out = next_shape(shape, layer)
-      if layer[0] == "conv":
-        params += math.prod(layer[2]) * shape[-1] * layer[1] + layer[1]
-        macs += math.prod(out) * math.prod(layer[2]) * shape[-1]
+      if layer[0] in ("conv", "opconv"):
+        cin = shape[-1] * (layer[4] if layer[0] == "opconv" else 1)
+        params += math.prod(layer[2]) * cin * layer[1] + layer[1]
+        macs += math.prod(out) * math.prod(layer[2]) * cin
       elif layer[0] == "dense":
         params += shape[0] * layer[1] + layer[1]
         macs += shape[0] * layer[1]
@@ -244,6 +281,10 @@ def avjax_model(spec: NetSpec, smoke: bool):
   _, audio_kw, video_kw = s1_branch_kwargs(smoke)
   if spec.name == "s1_video":
     return models.get_model("sultana_video", num_classes=8, **video_kw), "registered sultana_video"
+  if spec.name == "s5_onn":
+    kw = ({"keyframe_features": (4, 4), "mel_features": (4, 4), "hidden": (8,)}
+          if smoke else {})
+    return models.get_model("akturk_onn", num_classes=8, **kw), "registered akturk_onn"
   if spec.name == "s1_fusion":
     return (common.s1_fusion(audio_kw, video_kw),
             "registered feature_concat_fusion over sultana_audio + sultana_video, "
@@ -295,6 +336,9 @@ def make_jax(spec: NetSpec, batch: dict, smoke: bool, impl: str | None) -> dict:
   with conv_impl(impl):
     model, source = avjax_model(spec, smoke)
     inputs = {k: v for k, v in batch.items() if k != "label"}
+    for b in spec.branches:
+      if b.squeeze_for_avjax:
+        inputs[b.key] = inputs[b.key][..., 0]
     if "mfcc" in inputs:  # What the trainer feeds the audio net.
       inputs["mfcc_mask"] = np.ones(inputs["mfcc"].shape[:2], np.float32)
     params = jax.jit(lambda k: model.init({"params": k, "dropout": k}, inputs,
@@ -362,6 +406,25 @@ def make_keras(spec: NetSpec, batch: dict) -> list[dict]:
                        * keras.ops.rsqrt(keras.ops.var(t, axis=1, keepdims=True) + 1e-5))(x)
     if kind == "scale":
       return kl.Rescaling(1.0 / 255.0)(x)
+    if kind == "affine":
+      return kl.Rescaling(layer[1], offset=layer[2])(x)
+    if kind == "opconv":
+      q = layer[4]
+
+      def powers(t):
+        t = keras.ops.tanh(t)
+        out = [t]
+        for _ in range(q - 1):
+          out.append(out[-1] * t)
+        return keras.ops.concatenate(out, axis=-1)
+      cls = {1: kl.Conv1D, 2: kl.Conv2D, 3: kl.Conv3D}[len(layer[2])]
+      return cls(layer[1], layer[2], padding=layer[3])(kl.Lambda(powers)(x))
+    if kind == "tanh":
+      return kl.Activation("tanh")(x)
+    if kind == "gap":
+      cls = {2: kl.GlobalAveragePooling1D, 3: kl.GlobalAveragePooling2D,
+             4: kl.GlobalAveragePooling3D}[len(x.shape) - 1]
+      return cls()(x)
     if kind == "conv":
       cls = {1: kl.Conv1D, 2: kl.Conv2D, 3: kl.Conv3D}[len(layer[2])]
       return cls(layer[1], layer[2], padding=layer[3], activation="relu")(x)
@@ -466,6 +529,23 @@ def make_torch(spec: NetSpec, batch: dict) -> dict:
         mods.append(Lambda(cmvn))
       elif kind == "scale":
         mods.append(Lambda(lambda t: t.float() / 255.0))
+      elif kind == "affine":
+        mods.append(Lambda(lambda t, a=layer[1], b=layer[2]: t.float() * a + b))
+      elif kind == "opconv":
+        q = layer[4]
+
+        def powers(t, q=q):
+          t = torch.tanh(t)
+          out = [t]
+          for _ in range(q - 1):
+            out.append(out[-1] * t)
+          return torch.cat(out, dim=1)  # Channels-first.
+        cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(layer[2])]
+        mods += [Lambda(powers), cls(channels * q, layer[1], layer[2], padding=layer[3])]
+      elif kind == "tanh":
+        mods.append(nn.Tanh())
+      elif kind == "gap":
+        mods.append(Lambda(lambda t: t.flatten(2).mean(-1)))
       elif kind == "conv":
         cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(layer[2])]
         mods += [cls(channels, layer[1], layer[2], padding=layer[3]), nn.ReLU()]
@@ -599,9 +679,9 @@ def bench_net(spec: NetSpec, frameworks: Sequence[str], *, batch_size: int, step
   runners: list[dict] = []
   for fw in frameworks:
     start = time.perf_counter()
-    if fw in ("jax", "jax-xla"):
+    if fw.startswith("jax"):  # jax-<impl>: set_conv_impl(<impl>) for that row.
       runners.append({"name": fw, **make_jax(spec, batch, smoke,
-                                             "xla" if fw == "jax-xla" else None)})
+                                             fw[4:] if fw != "jax" else None)})
     elif fw == "keras":
       runners += make_keras(spec, batch)
     elif fw == "torch":
@@ -650,7 +730,7 @@ def bench_net(spec: NetSpec, frameworks: Sequence[str], *, batch_size: int, step
   keras_best = max((ms[k] for k in ("keras-fit", "keras-step") if k in ms),
                    key=lambda m: m.rate, default=None)
   want_keras, want_torch = TARGETS[spec.name]
-  for jx in ("jax", "jax-xla"):
+  for jx in [f for f in FRAMEWORKS if f.startswith("jax")]:
     if jx not in ms:
       continue
     if keras_best is not None:

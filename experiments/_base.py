@@ -53,7 +53,9 @@ def base_config(*, num_epochs: float, batch_size: int = 32,
 
   c.model = ml_collections.ConfigDict()
   # Convolution implementation: 'auto' takes the fast CPU formulation on CPU and
-  # plain XLA convolutions on TPU/GPU; 'xla' or 'cpu' force one.
+  # plain XLA convolutions on TPU/GPU; 'xla' or 'cpu' force one. 'onednn' (CPU
+  # only, opt-in) runs them in TensorFlow's oneDNN kernels: ~1.4-1.8x faster
+  # steps for the S1 Conv3D nets, slower for small convs (benchmarks/README.md).
   c.model.conv_impl = "auto"
 
   c.data = ml_collections.ConfigDict()

@@ -35,3 +35,23 @@ def test_train_step_benchmark_runs_in_smoke_mode(tmp_path):
   for net in result["results"]:
     assert len(set(net["param_counts"].values())) == 1, net["param_counts"]
     assert set(net["param_counts"]) == {"jax", "keras-fit", "keras-step"}
+
+
+def test_s5_onn_spec_matches_the_registered_model():
+  """The S5 ONN's framework-neutral spec (which builds the Keras and PyTorch
+  replicas and the FLOP count) has exactly avjax's parameters, at full size."""
+  import jax
+  import numpy as np
+
+  from avjax import models
+  from benchmarks import train_step
+
+  spec = train_step.build_specs(smoke=False)["s5_onn"]
+  params, macs = train_step.trace(spec)
+  inputs = {b.key: jax.ShapeDtypeStruct(b.shape[:-1] if b.squeeze_for_avjax else b.shape,
+                                        np.dtype(b.dtype)) for b in spec.branches}
+  inputs = {k: jax.ShapeDtypeStruct((2, *v.shape), v.dtype) for k, v in inputs.items()}
+  model = models.get_model("akturk_onn", num_classes=8)
+  shapes = jax.eval_shape(lambda i: model.init(jax.random.PRNGKey(0), i, train=False), inputs)
+  assert params == sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(shapes))
+  assert macs > 0

@@ -199,3 +199,72 @@ def test_max_pool_overlapping_windows_fall_back():
   got = jax.jit(lambda a: max_pool(a, (3, 3), (2, 2), impl="cpu"))(x)
   ref = jax.jit(lambda a: nn.max_pool(a, (3, 3), strides=(2, 2)))(x)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+
+
+# ---------------------------------------------------------------- impl='onednn'
+# TensorFlow's CPU conv kernels through jax.pure_callback: the same function too.
+
+
+@pytest.mark.parametrize("spatial,ksize,cin,cout,strides,padding,dilation", CASES)
+def test_onednn_path_matches_xla(spatial, ksize, cin, cout, strides, padding, dilation):
+  x, w = _inputs(spatial, ksize, cin, cout)
+  ref = _fwd_and_grads("xla", x, w, strides, padding, dilation)
+  got = _fwd_and_grads("onednn", x, w, strides, padding, dilation)
+  assert got[0].shape == ref[0].shape
+  for a, b in zip(got, ref):
+    _close(a, b)
+
+
+def test_onednn_is_opt_in_and_float32_only():
+  """'auto' never picks it (no host callback in exports); bf16 takes 'cpu'."""
+  assert resolve_impl("auto") != "onednn"
+  x, w = _inputs((5, 6, 5), (3, 3, 3), 2, 3)
+  f32 = jax.make_jaxpr(lambda a, b: conv_nd(a, b, impl="onednn"))(x, w)
+  assert "pure_callback" in str(f32)
+  bf16 = jax.make_jaxpr(lambda a, b: conv_nd(a, b, impl="onednn"))(
+      x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  assert "pure_callback" not in str(bf16)
+
+
+def test_onednn_under_vmap_matches_xla():
+  """vmap_method='sequential': one TF call per mapped kernel, same values."""
+  x, _ = _inputs((5, 6), (3, 3), 2, 3)
+  ws = np.random.default_rng(6).standard_normal((3, 3, 3, 2, 3)).astype(np.float32)
+  run = lambda impl: jax.jit(jax.vmap(
+      lambda w_: jax.grad(lambda a, b: jnp.sum(jnp.sin(conv_nd(a, b, impl=impl))),
+                          argnums=(0, 1))(x, w_)))(ws)
+  for a, b in zip(run("onednn"), run("xla")):
+    _close(a, b)
+
+
+def test_onednn_with_sharded_batch_on_8_devices():
+  """Under jit with the batch sharded over the (simulated) devices XLA gathers the
+  operands to one device and calls TF once on the whole array: values match
+  plain XLA; inside shard_map each device calls TF on its own shard."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  devices = jax.devices()
+  if len(devices) < 2:
+    pytest.skip("needs several (simulated) devices; conftest asks for 8")
+  mesh = Mesh(np.array(devices), ("data",))
+  x, w = _inputs((5, 6, 7), (3, 3, 3), 3, 4, batch=len(devices))
+  xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+  ws = jax.device_put(w, NamedSharding(mesh, P()))
+
+  def value_and_grads(impl):
+    f = lambda a, b: jnp.sum(jnp.sin(conv_nd(a, b, impl=impl)))
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(xs, ws)
+  (ref, ref_g), (got, got_g) = value_and_grads("xla"), value_and_grads("onednn")
+  _close(got, ref)
+  for a, b in zip(got_g, ref_g):
+    _close(a, b)
+  per_shard = jax.jit(jax.shard_map(lambda a, b: conv_nd(a, b, impl="onednn"), mesh=mesh,
+                                    in_specs=(P("data"), P()), out_specs=P("data")))(xs, ws)
+  _close(per_shard, jax.jit(lambda a, b: conv_nd(a, b, impl="xla"))(xs, ws))
+  assert per_shard.sharding.spec == P("data")
+
+
+def test_max_pool_onednn_takes_the_cpu_backward():
+  x, _ = _inputs((6, 8), (2, 2), 3, 1)
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda a: jnp.sum(max_pool(a, (2, 2), (2, 2),
+                                                                 impl="onednn"))))(x))
+  assert "select_and_scatter" not in jaxpr

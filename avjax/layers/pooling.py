@@ -8,7 +8,7 @@ CPU path's backward instead compares each window offset's strided slice of the
 input with the pooled output and routes the gradient to the first maximum in
 window order, the element select-and-scatter picks, so ties (common after a
 ReLU: all-zero windows) match exactly. Other configurations, and TPU/GPU, use
-`flax.linen.max_pool`.
+`flax.linen.max_pool`. impl='onednn' (see avjax.layers.conv) pools as 'cpu'.
 """
 
 from __future__ import annotations
@@ -81,6 +81,6 @@ def max_pool(x: Array, window: Sequence[int], strides: Sequence[int] | None = No
   tiled = strides == window and (padding == "VALID" or
                                  (not isinstance(padding, str)
                                   and all(tuple(p) == (0, 0) for p in padding)))
-  if resolve_impl(impl) == "cpu" and tiled:
+  if resolve_impl(impl) in ("cpu", "onednn") and tiled:  # Both mean "on CPU".
     return _tiled_max_pool(x, window)
   return nn.max_pool(x, window, strides=strides, padding=padding)

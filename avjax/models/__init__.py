@@ -58,8 +58,8 @@ def max_pool(x, window, strides=None, padding="VALID"):
 
 
 def set_conv_impl(impl: str) -> str:
-  """'auto' (by backend), 'xla' or 'cpu' for every model built after; returns the
-  previous setting."""
+  """'auto' (by backend), 'xla', 'cpu' or 'onednn' (opt-in, CPU only: see
+  avjax.layers.conv) for every model built after; returns the previous setting."""
   global _CONV_IMPL
   if impl not in layers.conv.IMPLS:
     raise UserError(f"model.conv_impl must be one of {layers.conv.IMPLS}, got {impl!r}")
