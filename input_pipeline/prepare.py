@@ -108,7 +108,9 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
     config = tfds.download.DownloadConfig(
         manual_dir=manual_dir, beam_runner=beam_runner,
         beam_options=pipeline_options(beam_options))
-  if not progress:
+  if not progress or not (beam_runner or beam_options):
+    # Locally, TFDS writes each actor's split while the workers compute, so its
+    # per-split bars would interleave with ours, which already counts every clip.
     tfds.disable_progress_bar()
   def make_report() -> PrepareReport:
     return PrepareReport(
