@@ -11,13 +11,12 @@ replicas, drives the FLOP count, and is checked against avjax's parameter count)
 
   s1_fusion  S1: registered `sultana_audio` on mfcc (B,180,20) and
              `sultana_video` on frames3d (B,30,80,70,1) uint8, their 64-wide
-             embeddings concatenated, Dense 128 ReLU, Dense 8. A registered
-             `sultana*fusion*` model is used when avjax has one.
+             embeddings concatenated, Dense 128 ReLU, Dense 8 (registered
+             `feature_concat_fusion`, trained end to end).
   s1_video   S1 video net alone (Conv3D 16,16,pool,32,32,pool, Dense 64, 8).
   fercnn     S2 FERCNN on (B,162,1): Conv1D 256/128/64/64/32 k3 with pools,
-             dropout 0.2, Dense 256, Dense 6; 152,614 parameters. A registered
-             `*fercnn*` model is used when avjax has one, else a
-             benchmark-local linen definition built with `avjax.models.conv`.
+             dropout 0.2, Dense 256, Dense 6; 152,614 parameters (registered
+             `fercnn`).
   s5_onn     S5 registered `akturk_onn` (defaults): keyframe (B,96,96,3) uint8
              and mel_image (B,128,128) float, each 3 operational Conv2D blocks
              (16, 32, 64; Q=3, k3, SAME) with max-pool 2, tanh, global average
@@ -174,6 +173,11 @@ def _s5_branch_layers(features, q: int, k: int, pool: int, scale: float,
   return tuple(layers + [("tanh",), ("gap",)])
 
 
+def s5_kwargs(smoke: bool) -> dict:
+  """akturk_onn's defaults (the spec follows them), or tiny widths for --smoke."""
+  return {"keyframe_features": (4, 4), "mel_features": (4, 4), "hidden": (8,)} if smoke else {}
+
+
 def s1_branch_kwargs(smoke: bool) -> tuple[dict, dict, dict]:
   """Input shapes and video widths: the paper's, or tiny ones for --smoke."""
   if smoke:
@@ -189,8 +193,7 @@ def build_specs(smoke: bool) -> dict[str, NetSpec]:
   video = models.get_model("sultana_video", num_classes=8, **video_kw)
   a = Branch("mfcc", shapes["mfcc"], "float32", _s1_audio_layers(audio))
   v = Branch("frames3d", shapes["frames3d"], "uint8", _s1_video_layers(video))
-  onn = models.get_model("akturk_onn", num_classes=8, **(
-      {"keyframe_features": (4, 4), "mel_features": (4, 4), "hidden": (8,)} if smoke else {}))
+  onn = models.get_model("akturk_onn", num_classes=8, **s5_kwargs(smoke))
   side = (16, 16) if smoke else None
   onn_branches = (
       Branch("keyframe", side + (3,) if smoke else (96, 96, 3), "uint8", _s5_branch_layers(
@@ -272,59 +275,20 @@ def conv_impl(impl: str | None):
 
 
 def avjax_model(spec: NetSpec, smoke: bool):
-  """The avjax module for a spec: registered models where avjax has them."""
-  import flax.linen as nn
-  import jax.numpy as jnp
-
+  """The registered avjax model for a spec, and a note on what it is."""
   from avjax import models
-  names = models.registered_models()
   _, audio_kw, video_kw = s1_branch_kwargs(smoke)
   if spec.name == "s1_video":
     return models.get_model("sultana_video", num_classes=8, **video_kw), "registered sultana_video"
   if spec.name == "s5_onn":
-    kw = ({"keyframe_features": (4, 4), "mel_features": (4, 4), "hidden": (8,)}
-          if smoke else {})
-    return models.get_model("akturk_onn", num_classes=8, **kw), "registered akturk_onn"
+    return (models.get_model("akturk_onn", num_classes=8, **s5_kwargs(smoke)),
+            "registered akturk_onn")
   if spec.name == "s1_fusion":
     return (common.s1_fusion(audio_kw, video_kw),
             "registered feature_concat_fusion over sultana_audio + sultana_video, "
             "trained end to end")
-  fer = [n for n in names if "fercnn" in n.lower()]
-  if fer:
-    return (models.get_model(fer[0], num_classes=6, input_key=spec.branches[0].key),
-            f"registered {fer[0]}")
-
-  class FERCNN(nn.Module):
-    """S2's FERCNN from the spec, convolutions through avjax.models.conv."""
-
-    @nn.compact
-    def __call__(self, inputs, *, train: bool):
-      x = jnp.asarray(inputs["x162"], jnp.float32)
-      for layer in spec.branches[0].layers + spec.head:
-        x = _linen_layer(layer, x, train)
-      return {"logits": x}
-
-  return FERCNN(), "benchmark-local definition (linen + avjax.models.conv)"
-
-
-def _linen_layer(layer: tuple, x, train: bool):
-  import flax.linen as nn
-
-  from avjax import models
-  kind = layer[0]
-  if kind == "conv":
-    return nn.relu(models.conv(layer[1], layer[2], padding=layer[3].upper())(x))
-  if kind == "pool":  # The registered models' pool (fast CPU gradient), if any.
-    pool = getattr(models, "max_pool", nn.max_pool)
-    return pool(x, layer[1], strides=layer[2], padding=layer[3].upper())
-  if kind == "dropout":
-    return nn.Dropout(layer[1], deterministic=not train)(x)
-  if kind == "flatten":
-    return x.reshape((x.shape[0], -1))
-  if kind == "dense":
-    y = nn.Dense(layer[1])(x)
-    return nn.relu(y) if layer[2] else y
-  raise ValueError(f"no linen layer for {layer}")
+  return (models.get_model("fercnn", num_classes=6, input_key=spec.branches[0].key),
+          "registered fercnn")
 
 
 def make_jax(spec: NetSpec, batch: dict, smoke: bool, impl: str | None) -> dict:

@@ -5,7 +5,7 @@ Each set computes one STFT and derives everything else from it, because the STFT
 is the bulk of the cost. Resampling uses soxr, which is fast and deterministic.
 
 The resampler, the STFT, `power_to_db` and the MFCC DCT are librosa's own
-computations (same soxr call, same scipy.fft calls on the same blocks of frames,
+computations (same soxr call, same frames through the same scipy.fft calls,
 same dtypes), minus librosa's per-call wrappers: `prepare` spends a few ms per
 clip here, and the wrappers (window construction, checks, lazy imports of
 scipy.signal in every worker) cost as much as the numbers. tests/test_features_audio.py
@@ -105,8 +105,8 @@ def stft(y: np.ndarray, n_fft: int, hop_length: int,
          win_length: int | None = None) -> np.ndarray:
   """`librosa.stft(y, window="hann", center=True, pad_mode="constant")` of 1-D
   float32 `y`, (1 + n_fft // 2, frames) complex64: the same frames, window and
-  scipy.fft.rfft calls in the same blocks, so the same numbers, without the
-  per-call window construction and checks."""
+  scipy.fft.rfft, so the same numbers (checked bit for bit in
+  tests/test_features_audio.py), without the per-call window construction."""
   y = np.asarray(y)
   if y.ndim != 1 or not np.issubdtype(y.dtype, np.floating):
     raise ValueError(f"audio must be 1-D floating point, got {y.dtype} {y.shape}")
@@ -114,46 +114,23 @@ def stft(y: np.ndarray, n_fft: int, hop_length: int,
     raise ValueError("audio has non-finite samples")
   win_length = n_fft if win_length is None else win_length
   window = stft_window(n_fft, win_length)
-  half = n_fft // 2
-  start_k = int(np.ceil(half / hop_length))
-  tail_k = (y.shape[-1] + half - n_fft) // hop_length + 1
-  frames_pre = frames_post = None
-  if tail_k <= start_k:
-    start = extra = 0
-    y = np.pad(y, (half, half), mode="constant")
-  else:
-    # librosa pads only the frames that reach past either end.
-    start = start_k * hop_length - half
-    y_pre = np.pad(y[:(start_k - 1) * hop_length - half + n_fft + 1], (half, 0),
-                   mode="constant")
-    frames_pre = _frame(y_pre, n_fft, hop_length)[:, :start_k]
-    extra = frames_pre.shape[-1]
-    if tail_k * hop_length - half + n_fft <= y.shape[-1] + half:
-      y_post = np.pad(y[tail_k * hop_length - half:], (0, half), mode="constant")
-      frames_post = _frame(y_post, n_fft, hop_length)
-      extra += frames_post.shape[-1]
+  # librosa zero-pads only the edge frames (to avoid copying long signals); padding
+  # the whole clip once gives the same frames, and clips here are seconds long.
+  frames = _frame(np.pad(y, (n_fft // 2, n_fft // 2), mode="constant"), n_fft, hop_length)
   dtype = np.complex128 if y.dtype == np.float64 else np.complex64
-  frames = _frame(y[start:], n_fft, hop_length)
-  out = np.zeros((1 + half, frames.shape[-1] + extra), dtype=dtype, order="F")
-  off_start = 0
-  if frames_pre is not None:
-    off_start = frames_pre.shape[-1]
-    out[:, :off_start] = scipy.fft.rfft(window * frames_pre, axis=-2)
-    if frames_post is not None and frames_post.shape[-1] > 0:
-      out[:, -frames_post.shape[-1]:] = scipy.fft.rfft(window * frames_post, axis=-2)
+  out = np.empty((1 + n_fft // 2, frames.shape[-1]), dtype=dtype, order="F")
   n_columns = max(1, int(_MAX_MEM_BLOCK // (frames.shape[0] * frames.itemsize)))
   for bl_s in range(0, frames.shape[-1], n_columns):
     bl_t = min(bl_s + n_columns, frames.shape[-1])
-    out[:, bl_s + off_start:bl_t + off_start] = scipy.fft.rfft(
-        window * frames[:, bl_s:bl_t], axis=-2)
+    out[:, bl_s:bl_t] = scipy.fft.rfft(window * frames[:, bl_s:bl_t], axis=-2)
   return out
 
 
 def power_to_db(power: np.ndarray, top_db: float = 80.0, amin: float = 1e-10) -> np.ndarray:
-  """`librosa.power_to_db(power, ref=1.0, amin=amin, top_db=top_db)` for real input."""
+  """`librosa.power_to_db(power, ref=1.0, amin=amin, top_db=top_db)` for real input
+  (ref=1.0: librosa's `- 10 log10(ref)` term is zero)."""
   power = np.asarray(power)
   log_spec = 10.0 * np.log10(np.maximum(amin, power))
-  log_spec -= 10.0 * np.log10(np.maximum(amin, np.abs(1.0)))
   return np.maximum(log_spec, log_spec.max() - top_db)
 
 
