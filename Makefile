@@ -25,8 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
+# One process: the slow tests share one corpus and its feature sets through
+# module fixtures, which xdist workers would each build again.
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -m slow -p no:xdist --durations=0
 
 clean:
 	rm -rf $(VENV) $(DEMO_WORKDIR) .pytest_cache
