@@ -4,6 +4,9 @@ faces the shared detector finds, and carries the emotion cues it was asked to.""
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -231,9 +234,6 @@ print(json.dumps(out))
 def _voiced_stats(clips: dict[str, np.ndarray], sr: int, tmp_path: Path
                   ) -> dict[str, tuple[float, float]]:
   """Per clip: (median pitch in Hz over loud frames, rms in dB over loud frames)."""
-  import json  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   path = tmp_path / "clips.npz"
   np.savez(path, **clips)
   result = subprocess.run([sys.executable, "-c", _VOICED_STATS_SCRIPT, str(path), str(sr)],

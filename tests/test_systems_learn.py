@@ -35,33 +35,33 @@ ACTORS, CLIPS_PER_EMOTION = 16, 2   # the README results table's corpus
 
 
 @pytest.fixture(scope="module")
-def demo_corpus(tmp_path_factory):
+def table_corpus(tmp_path_factory):
   from input_pipeline.synth import generate_corpus
-  path = tmp_path_factory.mktemp("demo_corpus")
+  path = tmp_path_factory.mktemp("table_corpus")
   generate_corpus(path, actors=ACTORS, clips_per_emotion=CLIPS_PER_EMOTION, seed=0,
                   progress=False)
   return path
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory, demo_corpus):
+def table_data(tmp_path_factory, table_corpus):
   from input_pipeline.prepare import prepare
-  data_dir = tmp_path_factory.mktemp("demo_data")
+  data_dir = tmp_path_factory.mktemp("table_data")
   done = set()
 
   def get(feature_set: str) -> str:
     if feature_set not in done:
-      prepare("ravdess", str(demo_corpus), str(data_dir), feature_set, progress=False)
+      prepare("ravdess", str(table_corpus), str(data_dir), feature_set, progress=False)
       done.add(feature_set)
     return str(data_dir)
   return get
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_small_variant_beats_twice_chance_on_held_out_actors(spec, demo_data, tmp_path):
+def test_small_variant_beats_twice_chance_on_held_out_actors(spec, table_data, tmp_path):
   config = load_config(os.path.join(REPO, "experiments", spec) + ",small")
   for name in (config.data.feature_set, *tuple(config.data.get("feature_sets", ()) or ())):
-    data_dir = demo_data(name)
+    data_dir = table_data(name)
   config = load_config(os.path.join(REPO, "experiments", spec) + ",small", [
       f"data.data_dir={data_dir}", "data.protocol=actor_kfold", "data.k=4", "data.fold=0"])
   trainer.train_and_evaluate(config, str(tmp_path / "run"))
