@@ -36,7 +36,9 @@ One train step is forward, softmax cross-entropy, backward and Adam (lr 1e-3):
             Keras' jit_compile='auto' means no XLA, as the papers ran) and a
             custom `tf.function(jit_compile=False)` GradientTape step; the
             ratio uses the faster of the two (the fastest honest Keras path).
-  torch     PyTorch eager, `torch.set_num_threads(os.cpu_count())`, channels-
+  torch     PyTorch eager (on the GPU when jax runs on one, TF32 allowed as in
+            jax's default precision: `--torch-device`), on a CPU with
+            `torch.set_num_threads(os.cpu_count())`, channels-
             first inputs (its native layout), Adam(fused=True) when available,
             OMP_WAIT_POLICY=PASSIVE unless set: on a shared machine torch's
             spinning OpenMP threads made it 5x slower at load 8 on 2 cores.
@@ -466,12 +468,15 @@ def torch_available() -> bool:
   return True
 
 
-def make_torch(spec: NetSpec, batch: dict) -> dict:
+def make_torch(spec: NetSpec, batch: dict, device: str = "cpu") -> dict:
   import torch
   from torch import nn
 
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
+  if device == "cuda":  # jax's default f32 precision on GPU allows TF32; match it.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
   class Lambda(nn.Module):
     def __init__(self, fn):
@@ -542,16 +547,16 @@ def make_torch(spec: NetSpec, batch: dict) -> dict:
       outs = [m(x) for m, x in zip(self.branches, xs)]
       return self.head(outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1))
 
-  model = Net()
+  model = Net().to(device)
   model.train()
   try:
     opt, adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True), "fused"
   except (RuntimeError, TypeError, ValueError):
     opt, adam = torch.optim.Adam(model.parameters(), lr=1e-3), "default"
   # Channels-first, torch's native layout, prepared outside the timed step.
-  xs = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch[b.key], -1, 1)))
+  xs = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch[b.key], -1, 1))).to(device)
         for b in spec.branches]
-  y = torch.from_numpy(batch["label"].astype(np.int64))
+  y = torch.from_numpy(batch["label"].astype(np.int64)).to(device)
   loss_fn = nn.CrossEntropyLoss()
 
   def run(steps: int) -> None:
@@ -559,10 +564,13 @@ def make_torch(spec: NetSpec, batch: dict) -> dict:
       opt.zero_grad(set_to_none=True)
       loss_fn(model(*xs), y).backward()
       opt.step()
+    if device == "cuda":  # Kernels are queued: wait for them, as jax's block_until_ready.
+      torch.cuda.synchronize()
 
   return {"run": run, "params": int(sum(p.numel() for p in model.parameters())),
-          "note": f"torch {torch.__version__} eager, {torch.get_num_threads()} threads, "
-                  f"Adam {adam}"}
+          "note": f"torch {torch.__version__} eager on {device}"
+                  + (f", {torch.get_num_threads()} threads" if device == "cpu" else ", TF32 on")
+                  + f", Adam {adam}"}
 
 
 # ---------------------------------------------------------------- CPU peak
@@ -633,7 +641,8 @@ def make_batch(spec: NetSpec, batch_size: int) -> dict:
 
 
 def bench_net(spec: NetSpec, frameworks: Sequence[str], *, batch_size: int, steps: int,
-              repeat: int, warmup: int, smoke: bool, peak: float, gemm: float) -> dict:
+              repeat: int, warmup: int, smoke: bool, peak: float, gemm: float,
+              torch_device: str = "cpu") -> dict:
   batch = make_batch(spec, batch_size)
   params, macs = trace(spec)
   train_flops = 3 * 2 * macs * batch_size
@@ -649,7 +658,7 @@ def bench_net(spec: NetSpec, frameworks: Sequence[str], *, batch_size: int, step
     elif fw == "keras":
       runners += make_keras(spec, batch)
     elif fw == "torch":
-      runners.append({"name": "torch", **make_torch(spec, batch)})
+      runners.append({"name": "torch", **make_torch(spec, batch, torch_device)})
     print(f"  built {fw} in {time.perf_counter() - start:.1f} s", flush=True)
   for r in runners:  # Warm-up: Keras traces, torch allocates; jax is compiled.
     start = time.perf_counter()
@@ -729,6 +738,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--batch-size", type=int, default=None)
   parser.add_argument("--peak-gflops", type=float, default=None,
                       help="CPU peak fp32 GFLOP/s, instead of the /proc/cpuinfo estimate")
+  parser.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="where torch runs; auto: cuda when jax runs on a GPU and torch "
+                           "sees one, so both frameworks use the same hardware")
   args = parser.parse_args(argv)
   nets = [n for n in args.nets.split(",") if n]
   frameworks = [f for f in args.frameworks.split(",") if f]
@@ -746,15 +758,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
   warmup = args.warmup if args.warmup is not None else (1 if smoke else 2)
 
   import jax
+  torch_device = args.torch_device
+  if "torch" in frameworks and torch_device == "auto":
+    import torch  # pylint: disable=g-import-not-at-top
+    torch_device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() \
+        else "cpu"
   peak, how = cpu_peak()
+  gemm = gemm_flops(256 if smoke else 2048)
+  if jax.default_backend() != "cpu" and not args.peak_gflops:
+    # The CPU's peak says nothing about an accelerator: use the measured GEMM rate.
+    peak, how = gemm, f"{jax.default_backend()}: peak = the measured GEMM rate below"
   if args.peak_gflops:
     peak, how = args.peak_gflops * 1e9, f"peak = {args.peak_gflops} GFLOP/s (--peak-gflops)"
-  gemm = gemm_flops(256 if smoke else 2048)
   how += (f"\nmeasured: jax f32 GEMM {256 if smoke else 2048}^3, best of 5 = "
           f"{gemm / 1e9:.1f} GFLOP/s = {100 * gemm / peak:.0f}% of that peak"
           + (" (above 100%: the cores run faster than the clock read)" if gemm > peak else ""))
   print(f"train-step benchmark: jax {jax.__version__} ({jax.default_backend()}), "
         f"cpus={os.cpu_count()}, load={common.load_average():.1f}"
+        + (f", torch on {torch_device}" if "torch" in frameworks else "")
         + ("  [SMOKE: numbers mean nothing]" if smoke else ""))
   print(how)
   specs = build_specs(smoke)
@@ -765,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     steps = args.steps or (1 if smoke else (3 if name in SLOW_NETS else 30))
     payload["results"].append(bench_net(
         specs[name], frameworks, batch_size=batch_size, steps=steps, repeat=repeat,
-        warmup=warmup, smoke=smoke, peak=peak, gemm=gemm))
+        warmup=warmup, smoke=smoke, peak=peak, gemm=gemm, torch_device=torch_device))
   payload["machine_end"] = common.machine()
   common.write_json(args.json, payload)
   return payload

@@ -81,13 +81,16 @@ class ExportedModel:
   """A loaded export: `model(inputs)` -> {"logits", "probabilities"} as numpy."""
 
   def __init__(self, directory: str, metadata: dict, exported, variables: dict,
-               function_file: str = FUNCTION_FILE):
+               function_file: str = FUNCTION_FILE, device=None):
     import jax  # pylint: disable=g-import-not-at-top
     self.directory = directory
     self.function_file = function_file
     self.metadata = metadata
     self.exported = exported
-    self.variables = jax.device_put(variables)
+    # Committed inputs pin the jitted call to this device (the host CPU for a
+    # CPU-only function on a GPU machine); None: the default device.
+    self.device = device
+    self.variables = jax.device_put(variables, device)
     self._call = jax.jit(exported.call)
 
   @property
@@ -113,6 +116,9 @@ class ExportedModel:
     if missing:
       raise UserError(f"inputs {missing} missing (the model reads {sorted(spec)})")
     batch = {k: np.asarray(inputs[k], dtype=dtype) for k, (_, dtype) in spec.items()}
+    if self.device is not None:
+      import jax  # pylint: disable=g-import-not-at-top
+      batch = jax.device_put(batch, self.device)
     out = self._call(self.variables, batch)
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -158,7 +164,9 @@ def read_metadata(directory: str) -> dict:
 def load(directory: str, portable: bool | None = None) -> ExportedModel:
   """Loads an export directory with jax + numpy only. On a CPU the CPU-only
   function is used when there is one; `portable=True` forces the portable one,
-  `False` the CPU one."""
+  `False` the CPU one, which then runs on the host CPU whatever the default
+  backend. A function exported without this machine's accelerator but with
+  "cpu" also runs on the host CPU."""
   import jax  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
@@ -169,8 +177,8 @@ def load(directory: str, portable: bool | None = None) -> ExportedModel:
   has_cpu = os.path.isfile(os.path.join(directory, CPU_FUNCTION_FILE))
   if portable is False and not has_cpu:
     raise UserError(f"{directory}: has no CPU-only function ({CPU_FUNCTION_FILE})")
-  name = CPU_FUNCTION_FILE if has_cpu and platform == "cpu" and not portable \
-      else FUNCTION_FILE
+  use_cpu_function = has_cpu and (portable is False or (platform == "cpu" and not portable))
+  name = CPU_FUNCTION_FILE if use_cpu_function else FUNCTION_FILE
   try:
     with open(os.path.join(directory, name), "rb") as f:
       exported = jax.export.deserialize(bytearray(f.read()))
@@ -180,7 +188,15 @@ def load(directory: str, portable: bool | None = None) -> ExportedModel:
                     "missing)") from None
   except (ValueError, OSError) as e:
     raise UserError(f"{directory}: cannot load the exported model ({e})") from e
+  device = None
+  if use_cpu_function or (platform not in exported.platforms and "cpu" in exported.platforms):
+    try:
+      device = jax.devices("cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS leaves the CPU backend out.
+      device = None
+    platform = "cpu" if device is not None else platform
   if platform not in exported.platforms:
     raise UserError(f"{directory}: exported for {', '.join(exported.platforms)}, this "
                     f"machine runs {platform}; export again with that platform")
-  return ExportedModel(directory, metadata, exported, variables, function_file=name)
+  return ExportedModel(directory, metadata, exported, variables, function_file=name,
+                       device=device)
