@@ -24,8 +24,8 @@ Choices the review leaves open (ours):
     corners, a frequency band) carries the emotion, and an average over
     positions discards it. Chosen on the validation actors of the 4 actor folds
     of the 16 x 2 synthetic corpus at `small` (test actors not looked at): mean
-    best validation UAR, average pool -> flatten, key frame 0.22 -> 0.31, mel
-    0.37 -> 0.49 (folds 0-2), fusion 0.36 -> 0.44 (fold 0). With the average pool
+    best validation UAR over the folds, average pool -> flatten, key frame
+    0.22 -> 0.31, mel 0.38 -> 0.51, fusion 0.35 -> 0.46. With the average pool
     the key-frame net did not fit its training actors (train accuracy 0.25
     after 60 epochs; 1.00 flattened).
   * Taylor order Q = 3 (a common Self-ONN setting); inputs scaled to [-1, 1] and
