@@ -105,6 +105,33 @@ def test_jax_export_reproduces_logits_with_any_batch(exported, reference, portab
   np.testing.assert_allclose(three["logits"], reference["logits"], atol=ATOL, rtol=0)
 
 
+def test_cpu_functions_run_on_the_host_cpu_of_an_accelerator_machine(
+    trained, exported, reference, tmp_path, monkeypatch):
+  """On a GPU host, an export made for "cpu" alone, and the CPU-only function
+  asked for with `portable=False`, run on the host's CPU device instead of being
+  refused or swapped for the portable function. The GPU is simulated by the
+  backend name `load` reads; the arrays really are placed on the CPU device."""
+  import jax
+  from avjax.serving import artifact
+  from avjax.serving.export import export_workdir
+  workdir, _ = trained
+  cpu_only = tmp_path / "cpu_model"
+  export_workdir(str(workdir), str(cpu_only), platforms=("cpu",), savedmodel=False)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  for directory, portable, function_file in (
+      (cpu_only, None, "model.jax_exported"),
+      (exported[0], False, "model.cpu.jax_exported")):
+    model = artifact.load(str(directory), portable=portable)
+    assert model.function_file == function_file
+    assert model.device == jax.devices("cpu")[0]
+    assert {d for leaf in jax.tree.leaves(model.variables) for d in leaf.devices()} == {
+        model.device}
+    got = model(reference["inputs"])
+    np.testing.assert_allclose(got["logits"], reference["logits"], atol=ATOL, rtol=0)
+  # The portable function (exported for cuda too) is left on the default device.
+  assert artifact.load(str(exported[0])).device is None
+
+
 def test_jax_export_loads_without_model_or_training_code(exported, reference, tmp_path):
   """A fresh interpreter with avjax's model and training packages blocked."""
   out, _ = exported
