@@ -188,13 +188,13 @@ def load(directory: str, portable: bool | None = None) -> ExportedModel:
                     "missing)") from None
   except (ValueError, OSError) as e:
     raise UserError(f"{directory}: cannot load the exported model ({e})") from e
-  device = None
-  if use_cpu_function or (platform not in exported.platforms and "cpu" in exported.platforms):
+  device = None  # The default device, unless an accelerator host must use its CPU.
+  if platform != "cpu" and (use_cpu_function or (platform not in exported.platforms
+                                                 and "cpu" in exported.platforms)):
     try:
-      device = jax.devices("cpu")[0]
-    except RuntimeError:  # JAX_PLATFORMS leaves the CPU backend out.
-      device = None
-    platform = "cpu" if device is not None else platform
+      device, platform = jax.devices("cpu")[0], "cpu"
+    except RuntimeError:  # JAX_PLATFORMS leaves the CPU backend out: refused below.
+      pass
   if platform not in exported.platforms:
     raise UserError(f"{directory}: exported for {', '.join(exported.platforms)}, this "
                     f"machine runs {platform}; export again with that platform")
