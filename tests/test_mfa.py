@@ -175,3 +175,41 @@ def test_fewer_samples_than_dims_projects_held_out_data_without_blowing_up():
   means = np.stack([z_new[y_new == c, :3].mean(0) for c in range(classes)])
   within = np.mean([z_new[y_new == c, :3].var(0).sum() for c in range(classes)])
   assert np.sum(np.var(means, axis=0)) > within
+
+
+@pytest.mark.parametrize("energy", [0.5, 0.8, 0.95])
+def test_pca_energy_keeps_the_fewest_directions_holding_that_variance(energy):
+  """Yan et al.'s other PCA option: the kept width follows the training
+  variance. Expected width from the data's own spectrum (standardised, as the fit
+  sees it), counted independently of the fit."""
+  rng = np.random.default_rng(7)
+  classes, d, n = 3, 12, 90
+  y = np.arange(n) % classes
+  # Correlated features, so the spectrum after standardising is uneven.
+  x = rng.normal(size=(n, 4)) @ rng.normal(size=(4, d)) * 3.0 + rng.normal(size=(n, d))
+  x[:, 0] += 2.0 * y
+  z = (x - x.mean(0)) / x.std(0)
+  var = np.sort(np.linalg.eigvalsh(np.cov(z.T)))[::-1]
+  expected = next(i + 1 for i in range(d) if var[:i + 1].sum() >= energy * var.sum())
+  assert expected < d - 1  # The option must actually cut something here.
+  fit = mfa.fit_mfa(x, y, dim=d, k1=3, k2=10, pca_energy=energy)
+  nonzero = np.flatnonzero(np.any(fit["projection"] != 0.0, axis=0))
+  np.testing.assert_array_equal(nonzero, np.arange(expected))
+  assert np.all(np.isinf(fit["eigenvalues"][expected:]))
+  # Still standardised on its training data.
+  z_fit = _project(fit, x)[:, :expected]
+  np.testing.assert_allclose(z_fit.std(0), 1.0, rtol=1e-4)
+
+
+def test_pca_energy_one_matches_the_default_width():
+  x, y = _toy()
+  full = mfa.fit_mfa(x, y, 4, k1=3, k2=10)
+  all_energy = mfa.fit_mfa(x, y, 4, k1=3, k2=10, pca_energy=1.0)
+  np.testing.assert_allclose(all_energy["projection"], full["projection"], atol=1e-5)
+
+
+@pytest.mark.parametrize("energy", [0.0, -0.1, 1.5])
+def test_bad_pca_energy_is_a_user_error(energy):
+  x, y = _toy(n_per_class=5)
+  with pytest.raises(UserError, match="mfa_pca_energy"):
+    mfa.fit_mfa(x, y, 2, k1=2, k2=5, pca_energy=energy)

@@ -97,6 +97,7 @@ class DVEmotionNet(nn.Module):
   mfa_k2: int = 100
   mfa_reg: float = 1e-3
   mfa_penalty: str = "per_class"
+  mfa_pca_energy: float | None = None
   features: Sequence[int] = (256, 128, 64, 64, 32)
   kernel_size: int = 3
   pools: Sequence[int] = (3, 3, 3, 1, 1)
@@ -140,7 +141,8 @@ def fit_dvemotionnet(model: DVEmotionNet, variables: Mapping[str, Any],
   labels = np.asarray(labels).reshape(-1)
   if model.mfa:
     fit = mfa_lib.fit_mfa(x, labels, model.mfa_dim, k1=model.mfa_k1, k2=model.mfa_k2,
-                          reg=model.mfa_reg, penalty=model.mfa_penalty)
+                          reg=model.mfa_reg, penalty=model.mfa_penalty,
+                          pca_energy=model.mfa_pca_energy)
   else:
     mean, std = mfa_lib.standardizer(x)
     fit = {"mean": mean, "std": std}

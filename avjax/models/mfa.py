@@ -20,7 +20,9 @@ number of edges, and directions the penalty graph never sees get a huge ratio
 and sort last instead of dividing by zero.
 
 A PCA step comes first, as in Yan et al.: the problem is solved in the span of
-the training data, at most n - C dimensions (n samples, C classes). Without it, a
+the training data, at most n - C dimensions (n samples, C classes), or, with
+`pca_energy`, the fewest leading directions that hold that fraction of the
+training variance (Yan et al.'s other option). Without it, a
 training set smaller than the input width (324 fused values, a few hundred clips)
 leaves directions where every training sample is equal: both scatters vanish
 there, so they score lambda = 0 and win, and rescaling them to unit variance
@@ -126,6 +128,7 @@ def _laplacian_scatter(x: np.ndarray, s: scipy.sparse.csr_matrix) -> np.ndarray:
 
 def fit_mfa(x: np.ndarray, labels: np.ndarray, dim: int, *, k1: int = 5, k2: int = 100,
             reg: float = 1e-3, penalty: str = "per_class",
+            pca_energy: float | None = None,
             standardize: bool = True) -> dict[str, np.ndarray]:
   """Fits standardise + MFA on (n, D) training vectors.
 
@@ -145,13 +148,15 @@ def fit_mfa(x: np.ndarray, labels: np.ndarray, dim: int, *, k1: int = 5, k2: int
     raise UserError(f"mfa_dim must be in [1, {d_in}] (the input width), got {dim}")
   if reg <= 0:
     raise UserError(f"mfa_reg must be > 0 (the ridge keeps the eigenproblem solvable), got {reg}")
+  if pca_energy is not None and not 0.0 < pca_energy <= 1.0:
+    raise UserError(f"mfa_pca_energy must be in (0, 1] or None, got {pca_energy}")
   if standardize:
     mean, std = standardizer(x)
   else:
     mean, std = np.zeros(d_in), np.ones(d_in)
   z = (x - mean) / std
   s, sp = mfa_graphs(z, labels, k1, k2, penalty)
-  pca = _pca_basis(z, max_dims=n - len(np.unique(labels)))     # (D, r)
+  pca = _pca_basis(z, max_dims=n - len(np.unique(labels)), energy=pca_energy)  # (D, r)
   zp = z @ pca
   r = pca.shape[1]
   a = _laplacian_scatter(zp, s)
@@ -178,14 +183,19 @@ def fit_mfa(x: np.ndarray, labels: np.ndarray, dim: int, *, k1: int = 5, k2: int
           "eigenvalues": values.astype(np.float32)}
 
 
-def _pca_basis(z: np.ndarray, max_dims: int, rel_tol: float = 1e-8) -> np.ndarray:
+def _pca_basis(z: np.ndarray, max_dims: int, rel_tol: float = 1e-8,
+               energy: float | None = None) -> np.ndarray:
   """Orthonormal (D, r) basis of the centred data's principal directions with
-  non-negligible variance, r <= max_dims."""
+  non-negligible variance, r <= max_dims; with `energy`, also no more than the
+  fewest leading directions whose variance reaches that fraction of the total."""
   zc = z - z.mean(axis=0)
   _, sing, vt = np.linalg.svd(zc, full_matrices=False)
   keep = sing > rel_tol * max(float(sing[0]) if sing.size else 0.0, 1e-300)
-  r = max(1, min(int(np.sum(keep)), max(int(max_dims), 1)))
-  return vt[:r].T
+  r = min(int(np.sum(keep)), max(int(max_dims), 1))
+  if energy is not None and sing.size:
+    share = np.cumsum(sing ** 2) / max(float(np.sum(sing ** 2)), 1e-300)
+    r = min(r, int(np.searchsorted(share, energy * (1.0 - 1e-12))) + 1)
+  return vt[:max(1, r)].T
 
 
 def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
