@@ -37,6 +37,23 @@ def test_markdown_shows_mean_std_leaky_label_paper_and_branches():
   assert len(branch_line) == 1 and "45.0 ± 5.0" in branch_line[0]
 
 
+def test_legend_names_only_the_protocols_in_the_table():
+  """A leaky-only table has no folds to average; an actor-only one no LEAKY cells."""
+  def table(protocols):
+    stats = {"actor": {"folds": [0, 1], "test": _stats([0.5, 0.6])},
+             "leaky": {"folds": [0], "test": _stats([0.9])}}
+    return {"protocols": protocols, "rows": [{
+        "spec": "experiments/x.py:audio", "slug": "x-audio", "system": "SX", "model": "m",
+        "paper_accuracy": None, "paper_protocol": "",
+        "protocols": {p: stats[p] for p in protocols}, "branches": {}}]}
+  legend = results.results_markdown(table(["leaky"])).strip().splitlines()[-1]
+  assert "mean ± std" not in legend and "over  folds" not in legend and "LEAKY" in legend
+  legend = results.results_markdown(table(["actor"])).strip().splitlines()[-1]
+  assert "mean ± std over 2 folds" in legend and "LEAKY" not in legend
+  legend = results.results_markdown(table(["actor", "leaky"])).strip().splitlines()[-1]
+  assert "mean ± std over 2 folds" in legend and "LEAKY" in legend
+
+
 def test_slug_names_a_run_directory():
   assert results.slug("experiments/sultana2024.py:fusion,demo") == "sultana2024-fusion-demo"
   assert results.slug("experiments/almulla2024_weighted.py") == "almulla2024_weighted"
