@@ -155,11 +155,11 @@ def results_markdown(table: Mapping[str, Any]) -> str:
                    f" | {paper_cell} |")
   folds = sorted({len(r["protocols"][p]["folds"]) for r in table["rows"]
                   for p in protocols if p != "leaky" and p in r["protocols"]})
-  legend = "WA = accuracy, UAR = unweighted average recall, in %, on the test actors"
-  legend += (f"; actor-independent cells are mean ± std over "
-             f"{' or '.join(str(n) for n in folds)} folds. " if folds else ". ")
+  legend = ["WA = accuracy, UAR = unweighted average recall, in %, on the test actors"
+            + (f"; actor-independent cells are mean ± std over "
+               f"{' or '.join(str(n) for n in folds)} folds." if folds else ".")]
   if "leaky" in protocols:
-    legend += ("LEAKY cells share actors between train and test, as the papers' "
-               "random splits do: they are not comparable to the actor-independent ones.")
-  lines += ["", legend.rstrip()]
+    legend.append("LEAKY cells share actors between train and test, as the papers' "
+                  "random splits do: they are not comparable to the actor-independent ones.")
+  lines += ["", " ".join(legend)]
   return "\n".join(lines) + "\n"
