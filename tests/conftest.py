@@ -20,12 +20,12 @@ if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # librosa compiles numba functions with cache=True; concurrent workers writing one
 # shared cache have left it corrupt. So every test process compiles into a new,
-# empty cache dir of its own (its subprocesses inherit it). Calling a numba
-# gufunc (librosa.yin) in a worker that has loaded jax/TF has segfaulted even
-# with a fresh cache, so tests that need one run it in a clean subprocess
-# (tests/test_synth.py). The library's `handcrafted162` features call numba
-# ufuncs through librosa too (e.g. its complex-magnitude helper); none of those
-# has crashed here, in test workers or in `prepare`/`predict`.
+# empty cache dir of its own (its subprocesses inherit it). librosa.yin's numba
+# gufunc segfaulted now and then, in test workers and in clean subprocesses
+# alike, so the tests measure pitch with Praat instead (tests/test_synth.py).
+# The library's `handcrafted162` features call numba ufuncs through librosa too
+# (e.g. its complex-magnitude helper); none of those has crashed here, in test
+# workers or in `prepare`/`predict`.
 os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="avjax-numba-"))
 
 REPO = Path(__file__).resolve().parents[1]
