@@ -3,6 +3,8 @@ restoring onto a different device count."""
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,3 +80,16 @@ def test_restore_onto_fewer_devices(tmp_path):
     assert restored[k].sharding == shardings[k]
     assert len(restored[k].sharding.device_set) == 1
     np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(state[k]))
+
+def test_read_only_open_logs_no_read_only_warning_but_keeps_other_warnings(tmp_path, caplog):
+  c = ckpt_lib.Checkpointer(str(tmp_path), keep=1, async_save=False)
+  c.save(1, _state(1), None, {})
+  c.close()
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    reopened = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
+    logging.getLogger("absl").warning("another warning")
+  assert reopened.latest_step() == 1
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [m for m in messages if "read only" in m], messages
+  assert "another warning" in messages  # the filter is gone once the manager is open

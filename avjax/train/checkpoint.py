@@ -11,6 +11,7 @@ from the *current* mesh, which is what lets a run saved on 8 devices resume on 1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,6 +34,29 @@ def _metric_getter(name: str, mode: str):
     value = (metrics or {}).get(name)
     return worst if value is None or not math.isfinite(float(value)) else float(value)
   return get
+
+
+class _DropReadOnlyNotice(logging.Filter):
+  """Drops Orbax's "Given directory is read only" warning. `evaluate`, `export`
+  and `predict` open checkpoints read-only on purpose, and the line read as if
+  the directory's permissions were wrong."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice(read_only: bool):
+  if not read_only:
+    yield
+    return
+  notice_filter = _DropReadOnlyNotice()
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(notice_filter)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(notice_filter)
 
 
 class Checkpointer:
@@ -59,8 +83,9 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only,
         read_only=read_only,
         create=not read_only)
-    self.manager = ocp.CheckpointManager(
-        self.directory, item_names=(STATE, DATA_ITER, CONFIG), options=options)
+    with _quiet_read_only_notice(read_only):
+      self.manager = ocp.CheckpointManager(
+          self.directory, item_names=(STATE, DATA_ITER, CONFIG), options=options)
 
   # --- queries ---
   def latest_step(self) -> int | None:
