@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import parselmouth
 import pytest
 import soundfile
 
@@ -217,7 +218,6 @@ _RMS_WINDOW_S = 0.064
 def _voiced_stats(clips: dict[str, np.ndarray], sr: int) -> dict[str, tuple[float, float]]:
   """Per clip: (median pitch in Hz over loud voiced frames, rms in dB over loud
   frames); loud is rms above 0.3 x the clip's loudest frame."""
-  import parselmouth  # pylint: disable=g-import-not-at-top
   out = {}
   half = int(round(_RMS_WINDOW_S * sr)) // 2
   for name, y in clips.items():

@@ -36,27 +36,21 @@ def _metric_getter(name: str, mode: str):
   return get
 
 
-class _DropReadOnlyNotice(logging.Filter):
-  """Drops Orbax's "Given directory is read only" warning. `evaluate`, `export`
-  and `predict` open checkpoints read-only on purpose, and the line read as if
-  the directory's permissions were wrong."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Given directory is read only")
+def _not_read_only_notice(record: logging.LogRecord) -> bool:
+  """Filter for Orbax's "Given directory is read only" warning: `evaluate`,
+  `export` and `predict` open checkpoints read-only on purpose, and the line read
+  as if the directory's permissions were wrong."""
+  return not str(record.msg).startswith("Given directory is read only")
 
 
 @contextlib.contextmanager
-def _quiet_read_only_notice(read_only: bool):
-  if not read_only:
-    yield
-    return
-  notice_filter = _DropReadOnlyNotice()
+def _without_read_only_notice():
   absl_logger = logging.getLogger("absl")
-  absl_logger.addFilter(notice_filter)
+  absl_logger.addFilter(_not_read_only_notice)
   try:
     yield
   finally:
-    absl_logger.removeFilter(notice_filter)
+    absl_logger.removeFilter(_not_read_only_notice)
 
 
 class Checkpointer:
@@ -83,7 +77,7 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only,
         read_only=read_only,
         create=not read_only)
-    with _quiet_read_only_notice(read_only):
+    with _without_read_only_notice() if read_only else contextlib.nullcontext():
       self.manager = ocp.CheckpointManager(
           self.directory, item_names=(STATE, DATA_ITER, CONFIG), options=options)
 
