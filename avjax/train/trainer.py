@@ -108,9 +108,6 @@ def _mesh(config) -> jax.sharding.Mesh:
 
 def _create_datasets(config, mesh):
   from input_pipeline import loader  # pylint: disable=g-import-not-at-top
-  if not hasattr(loader, "create_datasets"):
-    raise UserError("input_pipeline.loader.create_datasets is not available yet; "
-                    "pass datasets= to train_and_evaluate")
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   if not data_config.get("keys"):
     with data_config.unlocked():
