@@ -81,6 +81,7 @@ def test_restore_onto_fewer_devices(tmp_path):
     assert len(restored[k].sharding.device_set) == 1
     np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(state[k]))
 
+
 def test_read_only_open_logs_no_read_only_warning_but_keeps_other_warnings(tmp_path, caplog):
   c = ckpt_lib.Checkpointer(str(tmp_path), keep=1, async_save=False)
   c.save(1, _state(1), None, {})
@@ -93,3 +94,28 @@ def test_read_only_open_logs_no_read_only_warning_but_keeps_other_warnings(tmp_p
   messages = [r.getMessage() for r in caplog.records]
   assert not [m for m in messages if "read only" in m], messages
   assert "another warning" in messages  # the filter is gone once the manager is open
+
+
+def test_resume_conflicts_name_what_changes_the_run_and_allow_length_paths_hardware():
+  import os
+  from avjax.configs import load_config
+  spec = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments",
+                      "sultana2024.py") + ":fusion,smoke"
+  base = ckpt_lib.config_to_json(load_config(spec))
+
+  def conflicts(*overrides):
+    return ckpt_lib.resume_conflicts(
+        base, ckpt_lib.config_to_json(load_config(spec, list(overrides))))
+
+  assert conflicts() == []
+  harmless = ("train.num_epochs=99", "train.log_every_steps=7", "data.data_dir=/x",
+              "mesh.data=2", "pretrained.audio.workdir=/runs/a",
+              "pretrained.audio.config.data.data_dir=/y",
+              "pretrained.video.config.train.num_epochs=3", "model.conv_impl=xla")
+  for override in harmless:
+    assert conflicts(override) == [], override
+  for override in ("data.fold=1", "data.k=3", "seed=5", "optimizer.learning_rate=0.5",
+                   "pretrained.audio.config.optimizer.learning_rate=0.5"):
+    found = conflicts(override)
+    field = override.split("=")[0]
+    assert len(found) == 1 and found[0].startswith(field + "="), (override, found)

@@ -172,3 +172,38 @@ def test_a_given_branch_run_of_another_fold_is_refused(prepared, tmp_path):
       "data.protocol=actor_kfold", "data.fold=0", f"pretrained.audio.workdir={branch}"])
   with pytest.raises(UserError, match="fold"):
     stages.prepare_branches(config, str(tmp_path / "fusion"))
+
+
+def test_a_given_branch_run_of_another_k_is_refused(tmp_path):
+  from avjax.train import stages
+  branch = tmp_path / "audio_run"
+  branch.mkdir()
+  (branch / "config.json").write_text(json.dumps(
+      {"data": {"dataset": "ravdess", "protocol": "actor_kfold", "fold": 0, "k": 3}}))
+  config = load_config(S1 + ":fusion,smoke", [
+      "data.protocol=actor_kfold", "data.k=4", "data.fold=0",
+      f"pretrained.audio.workdir={branch}"])
+  with pytest.raises(UserError, match="data.k"):
+    stages.prepare_branches(config, str(tmp_path / "fusion"))
+
+
+def test_a_finished_branch_in_the_workdir_is_reused_only_for_the_same_run(tmp_path):
+  """A fusion workdir reused with another fold must not graft the branches
+  trained on the old fold (they trained on the new fold's test actors)."""
+  from avjax.train import stages
+
+  def config_for(fold):
+    return load_config(S1 + ":fusion,smoke", [
+        "data.protocol=actor_kfold", "data.k=4", f"data.fold={fold}"])
+
+  workdir = tmp_path / "fusion"
+  old = config_for(1)
+  for name in ("audio", "video"):  # As a finished fold-1 run leaves them.
+    branch = workdir / f"branch_{name}"
+    branch.mkdir(parents=True)
+    (branch / "config.json").write_text(
+        stages.branch_config(old, name).to_json_best_effort())
+    (branch / stages.REPORT).write_text("{}")
+  assert set(stages.prepare_branches(old, str(workdir))) == {"audio", "video"}
+  with pytest.raises(UserError, match="data.fold"):
+    stages.prepare_branches(config_for(0), str(workdir))

@@ -225,6 +225,36 @@ def test_restore_on_one_device_from_eight(reference_run, tmp_path):
     assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
 
 
+def test_workdir_of_another_run_is_refused_and_a_finished_one_only_reevaluated(
+    reference_run, tmp_path, caplog):
+  ref_dir, config, reference_final = reference_run
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(ref_dir, workdir)
+  events = sorted(f for f in os.listdir(workdir) if f.startswith("events.out"))
+  # Another fold (other test actors) or seed: resuming would report the copied
+  # run under this config. Refused before anything in the workdir is touched.
+  config_before = open(os.path.join(workdir, "config.json")).read()
+  for field, value in (("data.fold", int(config.data.fold) + 1),
+                       ("seed", int(config.seed) + 1)):
+    other = make_config(f"{field}={value}")
+    with pytest.raises(trainer.UserError) as info:
+      trainer.train_and_evaluate(other, workdir, datasets=make_datasets(other))
+    assert f"{field}=" in str(info.value) and workdir in str(info.value)
+    assert open(os.path.join(workdir, "config.json")).read() == config_before
+  # The same run again: nothing to train; it says so and re-makes the report.
+  with caplog.at_level("WARNING"):
+    final = trainer.train_and_evaluate(config, workdir, datasets=make_datasets(config))
+  assert "already trained" in caplog.text
+  assert final["report/checkpoint_step"] == reference_final["report/checkpoint_step"]
+  assert sorted(f for f in os.listdir(workdir) if f.startswith("events.out")) == events
+  # Fields a resume may change (length, logging, paths) are accepted: 4 more steps.
+  longer = make_config(f"train.num_train_steps={int(config.train.num_train_steps) + 4}",
+                       "data.data_dir=/elsewhere", "train.log_every_steps=2")
+  trainer.train_and_evaluate(longer, workdir, datasets=make_datasets(longer))
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == \
+      int(config.train.num_train_steps) + 4
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   _needs_8_devices()
   config = make_config("train.checkpoint_every_steps=2", "train.log_every_steps=2",

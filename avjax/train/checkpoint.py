@@ -140,6 +140,48 @@ class Checkpointer:
     self.manager.close()
 
 
+# Config fields a resumed run may change: how long it trains and how it logs,
+# where the data lives and what it runs on. Any other change (another fold, k,
+# seed, model or optimizer) makes the checkpoint one of a different run, and
+# resuming it would report that run under this one's name.
+RESUMABLE_FIELDS = (
+    "config_spec", "multihost", "mesh", "branch_cache",
+    "train.num_epochs", "train.num_train_steps", "train.log_every_steps",
+    "train.eval_every_steps", "train.checkpoint_every_steps",
+    "train.keep_checkpoints", "train.async_checkpointing",
+    "data.data_dir", "data.worker_count", "data.worker_buffer_size",
+    "model.conv_impl")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _resumable(key: str) -> bool:
+  parts = key.split(".")
+  # A branch's config inside `pretrained` follows the same rule as the run's own,
+  # and a branch's workdir is only where a finished run is found.
+  while len(parts) > 2 and parts[0] == "pretrained" and parts[2] == "config":
+    parts = parts[3:]
+  if len(parts) == 3 and parts[0] == "pretrained" and parts[2] == "workdir":
+    return True
+  key = ".".join(parts)
+  return any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS)
+
+
+def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+  """`field: saved -> current` for every field outside RESUMABLE_FIELDS on which
+  the checkpointed run's config and this one differ (both as `config_to_json`)."""
+  a, b = _flat(saved), _flat(current)
+  return [f"{k}={a.get(k, '(unset)')!r} there, {b.get(k, '(unset)')!r} here"
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not _resumable(k)]
+
+
 def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
   """`ShapeDtypeStruct`s carrying the target shardings, for `restore_state`."""
   return jax.tree.map(

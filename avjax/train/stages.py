@@ -79,13 +79,33 @@ def _check_same_split(name: str, path: str, config) -> None:
   if not os.path.exists(cfg_path):
     return
   with open(cfg_path, encoding="utf-8") as f:
-    data = json.load(f).get("data", {})
-  for field in ("dataset", "protocol", "fold"):
-    if field in data and field in config.data and data[field] != config.data[field]:
+    saved = json.load(f)
+  mine = json.loads(config.to_json_best_effort())
+  fields = ["data.dataset", "data.protocol", "data.fold", "data.k"]
+  if mine["data"].get("protocol") == "random_clip":  # The seed deals the clips.
+    fields.append("seed")
+  for field in fields:
+    section, _, key = field.rpartition(".")
+    theirs = saved.get(section, {}) if section else saved
+    ours = mine.get(section, {}) if section else mine
+    if key in theirs and key in ours and theirs[key] != ours[key]:
       raise UserError(
-          f"{path}: pretrained branch {name!r} was trained with data.{field}="
-          f"{data[field]!r} but this run uses {config.data[field]!r}; use the branch "
-          "run of the same fold (a `{fold}` in the workdir path is replaced by it)")
+          f"{path}: pretrained branch {name!r} was trained with {field}="
+          f"{theirs[key]!r} but this run uses {ours[key]!r}; use the branch "
+          "run of the same split (a `{fold}` in the workdir path is replaced by the fold)")
+
+
+def _check_finished_branch(name: str, path: str, sub: ml_collections.ConfigDict) -> None:
+  """A branch trained here earlier is reused only if it is the run this config
+  asks for; a workdir reused with another fold would otherwise graft a branch
+  that trained on this fold's test actors."""
+  with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+    saved = json.load(f)
+  from avjax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  conflicts = checkpoint.resume_conflicts(saved, checkpoint.config_to_json(sub))
+  if conflicts:
+    raise UserError(f"{path}: finished branch {name!r} is another run: "
+                    f"{'; '.join(conflicts[:3])}; use a new --workdir")
 
 
 def prepare_branches(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
@@ -105,6 +125,8 @@ def prepare_branches(config: ml_collections.ConfigDict, workdir: str) -> dict[st
       from avjax.train import trainer  # pylint: disable=g-import-not-at-top
       logging.info("training branch %r into %s", name, path)
       trainer.train_and_evaluate(branch_config(config, name), path)
+    elif os.path.exists(os.path.join(path, "config.json")):
+      _check_finished_branch(name, path, branch_config(config, name))
     out[name] = path
   if out and jax.process_index() == 0:  # Where the branches are, for reports.
     os.makedirs(workdir, exist_ok=True)

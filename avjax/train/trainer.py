@@ -305,6 +305,30 @@ def _check_finite(stats, checkpointer: ckpt_lib.Checkpointer, workdir: str) -> N
       f"inputs for NaN/inf.")
 
 
+def _refuse_other_runs_checkpoints(config, workdir: str) -> None:
+  """Resuming continues the checkpointed run; if that run had another fold, k,
+  seed, model or optimizer, its numbers would be reported under this config (a
+  run trained on this fold's test actors, say). Changes to length, logging,
+  paths and hardware are fine (ckpt_lib.RESUMABLE_FIELDS)."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    latest = checkpointer.latest_step()
+    if latest is None:
+      return
+    conflicts = ckpt_lib.resume_conflicts(checkpointer.restore_config(latest),
+                                          ckpt_lib.config_to_json(config))
+  finally:
+    checkpointer.close()
+  if conflicts:
+    more = f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else ""
+    raise UserError(
+        f"{workdir} holds checkpoints of another run (step {latest}): "
+        f"{'; '.join(conflicts[:3])}{more}. Resuming would report that run under "
+        "this config: use a new --workdir, or the original settings to resume it")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        datasets=None) -> dict[str, float]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluates and writes
@@ -313,6 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
 
   mesh = _mesh(config)
+  _refuse_other_runs_checkpoints(config, workdir)
   # Two-stage systems: finished (or now trained) branch runs, before our own data.
   branch_dirs = stages.prepare_branches(config, workdir)
   if datasets is None:
@@ -353,6 +378,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         metrics=eval_scalars(run_evals(setup, state, datasets.evals)))
       checkpointer.wait()
   step = int(jax.device_get(state.step))
+  if latest is not None and step >= setup.num_train_steps:
+    checkpointer.close()  # A finished run: only its report is made again.
+    logging.warning("%s: already trained (step %d of %d); re-evaluating its best "
+                    "checkpoint", workdir, step, setup.num_train_steps)
+    return _final_report(workdir, datasets, config, setup, {})
 
   writer = writers.create_writer(workdir)
   if step == 0:
@@ -412,7 +442,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointer.close()
     writer.close()
 
-  # evals: the report is made from the best checkpoint by validation metric.
+  return _final_report(workdir, datasets, config, setup, final)
+
+
+def _final_report(workdir: str, datasets, config, setup: Setup,
+                  final: dict[str, float]) -> dict[str, float]:
+  """evals: the report is made from the best checkpoint by validation metric."""
   from avjax.train import evaluate  # pylint: disable=g-import-not-at-top
   report = evaluate.evaluate_workdir(workdir, datasets=datasets, config=config, setup=setup)
   final["report/checkpoint_step"] = report["checkpoint_step"]
