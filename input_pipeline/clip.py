@@ -39,6 +39,9 @@ NATURAL_SECONDS = {
     "stip": 3.2,                       # 48 frames at ~15 fps
 }
 DEFAULT_WINDOW_SECONDS = 3.0
+# A tail this short (under a frame at 30 fps, a few ms of audio) gets no window of
+# its own: it is rounding in the decoded length, not content.
+TAIL_TOLERANCE = 0.01
 
 
 def natural_window(feature_sets: Sequence[str]) -> float:
@@ -64,7 +67,11 @@ class DecodedClip:
   face_boxes: np.ndarray | None = None   # (T, 4) float32
   face_hit_rate: float = NO_VIDEO
   face_fallback_frames: int = 0
+  # Always False: a clip with no face at all raises NoFaceError instead of being
+  # centre-cropped. Kept because prepare stores it in every example (the builders'
+  # metadata), and dropping it would change every feature set's output spec.
   face_centre_fallback: bool = False
+  video_file: str | None = None          # where the frames came from, for errors
 
   @property
   def duration(self) -> float:
@@ -106,11 +113,14 @@ def decode(clip_id: str, *, audio_file: str | None = None, video_file: str | Non
            max_side: int = VIDEO_MAX_SIDE, threads: int = 1) -> DecodedClip:
   """Decodes the needed streams and (with `faces`) tracks the face over every frame.
 
-  `threads` > 1 decodes audio and video at once (two ffmpeg processes) and runs
-  the face detections concurrently; the result is identical. The default, 1,
-  suits `prepare`, whose worker processes already fill the cores.
+  Without `need_video` no frame is decoded and no face tracked, so audio-only
+  feature sets never fail for want of a face. `threads` > 1 decodes audio and
+  video at once (two ffmpeg processes) and runs the face detections concurrently;
+  the result is identical. The default, 1, suits `prepare`, whose worker
+  processes already fill the cores.
 
-  Raises InputError (MissingModalityError for an absent stream) naming the file."""
+  Raises InputError (MissingModalityError for an absent stream, NoFaceError for a
+  video without a face on any searched frame) naming the file."""
   from input_pipeline import media  # pylint: disable=g-import-not-at-top
   if need_audio and audio_file is None:
     raise InputError(video_file or clip_id, "no audio file for this take")
@@ -135,22 +145,28 @@ def decode(clip_id: str, *, audio_file: str | None = None, video_file: str | Non
       # The audio's error first, as sequential decoding would raise it.
       audio, sample_rate = pending_audio.result()
   clip = DecodedClip(clip_id=clip_id, audio=audio, sample_rate=sample_rate, frames=frames,
-                     fps=fps)
+                     fps=fps, video_file=video_file if frames is not None else None)
   return track_faces(clip, threads=threads) if faces else clip
 
 
 def track_faces(clip: DecodedClip, every: int = FACE_DETECT_EVERY,
                 threads: int = 1) -> DecodedClip:
   """The clip with its face track over every frame (unchanged without video);
-  `threads` > 1 runs the detections concurrently, with the same result."""
+  `threads` > 1 runs the detections concurrently, with the same result.
+
+  Raises NoFaceError (an InputError naming the video file) when no searched frame
+  has a face: every video feature set crops faces, and a clip without one is bad
+  input, skipped and reported by prepare and refused by predict. Frames without a
+  detection in a clip that has some take the boxes around them (face.py)."""
   if clip.frames is None:
     return clip
   from input_pipeline import face as face_lib  # cv2: imported only when tracking.
-  track = face_lib.track_faces(clip.frames, every=every, threads=threads)
+  track = face_lib.track_faces(clip.frames, every=every, threads=threads,
+                               path=clip.video_file or clip.clip_id)
   return dataclasses.replace(
       clip, face_boxes=track.boxes, face_hit_rate=float(track.hit_rate),
       face_fallback_frames=int(np.sum(track.source != face_lib.DETECTED)),
-      face_centre_fallback=bool(np.any(track.source == face_lib.CENTRE)))
+      face_centre_fallback=False)
 
 
 def decode_file(path: str, modalities: Sequence[str], *, faces: bool = True,
@@ -185,12 +201,18 @@ def compute_features(media: features_lib.ClipMedia,
 
 
 def window_starts(duration: float, window: float, hop: float) -> np.ndarray:
-  """Start times of the windows: as many full windows as fit, `hop` apart from 0;
-  a clip shorter than one window gives one window at 0 (the feature sets pad)."""
+  """Start times of the windows: as many full windows as fit, `hop` apart from 0,
+  then one more ending at the clip's end if the hop left a tail uncovered, so
+  every second of the clip is in some window (4.1 s, window 3.6 s, hop 1 s: starts
+  0 and 0.5). A clip shorter than one window gives one window at 0 (the feature
+  sets pad)."""
   if not window > 0 or not hop > 0:
     raise ValueError(f"window and hop must be > 0, got {window} and {hop}")
   if duration <= window:
     return np.zeros((1,), np.float64)
   # The epsilon keeps 3.0 / 1.0 from landing just under an integer.
   n = 1 + math.floor((duration - window) / hop + 1e-9)
-  return np.arange(n, dtype=np.float64) * hop
+  starts = np.arange(n, dtype=np.float64) * hop
+  if duration - (starts[-1] + window) > TAIL_TOLERANCE:
+    starts = np.append(starts, duration - window)
+  return starts

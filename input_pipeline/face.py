@@ -2,8 +2,9 @@
 
 One detector (OpenCV's Haar frontal-face cascade) is used everywhere so training
 crops and serving crops come from the same boxes. Tracking turns sparse, noisy
-per-frame detections into one box per frame and records where each box came from,
-so a clip whose face was never found can be reported instead of silently trained on.
+per-frame detections into one box per frame and records where each box came from.
+A clip whose face is never found raises NoFaceError (an InputError): a centre crop
+of background would be silently trained or predicted on.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import threading
 
 import numpy as np
 
+from input_pipeline.errors import InputError
+
 Box = tuple[float, float, float, float]  # (x, y, w, h) in pixels of the input frame
 
 DETECTED = 0   # a detection on this frame (after temporal smoothing)
 LAST_BOX = 1   # held or interpolated from detections on other frames
-CENTRE = 2     # no face anywhere in the clip: centred square crop
 
 _CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
@@ -92,22 +94,23 @@ class FaceDetector:
     return (float(x / scale), float(y / scale), float(bw / scale), float(bh / scale))
 
 
+class NoFaceError(InputError):
+  """No detection on any searched frame of a clip: there is nothing to crop, and
+  a centre crop would feed the model background as if it were a face."""
+
+  def __init__(self, path: str | os.PathLike | None, searched: int, n_frames: int):
+    self.searched, self.n_frames = searched, n_frames
+    where = (f"{searched} frames" if searched == n_frames
+             else f"{searched} frames searched (of {n_frames})")
+    super().__init__(path, f"no face found in any of {where}")
+
+
 @dataclasses.dataclass
 class FaceTrack:
-  """One box per frame plus where it came from (DETECTED / LAST_BOX / CENTRE)."""
+  """One box per frame plus where it came from (DETECTED / LAST_BOX)."""
   boxes: np.ndarray    # (T, 4) float32, (x, y, w, h)
   source: np.ndarray   # (T,) int8
-  hit_rate: float      # fraction of attempted frames with a detection
-
-  @property
-  def found(self) -> bool:
-    return bool((self.source != CENTRE).any())
-
-
-def centre_box(height: int, width: int) -> Box:
-  """The largest centred square: the crop used when no face is found."""
-  side = float(min(height, width))
-  return ((width - side) / 2.0, (height - side) / 2.0, side, side)
+  hit_rate: float      # fraction of attempted frames with a detection (> 0)
 
 
 def _running(values: np.ndarray, window: int, reduce) -> np.ndarray:
@@ -118,10 +121,11 @@ def _running(values: np.ndarray, window: int, reduce) -> np.ndarray:
                    for i in range(n)])
 
 
-def track_from_detections(n_frames: int, frame_shape: tuple[int, int],
-                          indices: np.ndarray, boxes: list[Box | None],
-                          median_window: int = 5, mean_window: int = 3) -> FaceTrack:
-  """Builds a per-frame track from detections on the frames `indices`.
+def track_from_detections(n_frames: int, indices: np.ndarray, boxes: list[Box | None],
+                          median_window: int = 5, mean_window: int = 3,
+                          path: str | os.PathLike | None = None) -> FaceTrack:
+  """Builds a per-frame track from detections on the frames `indices`; raises
+  NoFaceError, naming `path`, when none of them has a detection.
 
   A running median over consecutive detections rejects single-frame outliers
   (a false hit on the background, a box that jumps), and a short running mean
@@ -130,12 +134,10 @@ def track_from_detections(n_frames: int, frame_shape: tuple[int, int],
   """
   indices = np.asarray(indices, dtype=np.int64)
   hits = [(int(i), b) for i, b in zip(indices, boxes) if b is not None]
-  hit_rate = len(hits) / len(indices) if len(indices) else 0.0
-  source = np.full((n_frames,), LAST_BOX, dtype=np.int8)
   if not hits:
-    box = np.asarray(centre_box(*frame_shape), dtype=np.float32)
-    return FaceTrack(np.tile(box, (n_frames, 1)), np.full((n_frames,), CENTRE, np.int8),
-                     hit_rate)
+    raise NoFaceError(path, len(indices), n_frames)
+  hit_rate = len(hits) / len(indices)
+  source = np.full((n_frames,), LAST_BOX, dtype=np.int8)
   hit_idx = np.array([i for i, _ in hits])
   raw = np.array([b for _, b in hits], dtype=np.float64)
   # Smooth centre and size rather than corners, so size noise does not move the centre.
@@ -196,8 +198,10 @@ def default_detector() -> FaceDetector:
 
 
 def track_faces(frames: np.ndarray, detector: FaceDetector | None = None,
-                every: int = 1, threads: int = 1) -> FaceTrack:
+                every: int = 1, threads: int = 1,
+                path: str | os.PathLike | None = None) -> FaceTrack:
   """Detects on every `every`-th frame (and the last) and tracks one box per frame.
+  Raises NoFaceError naming `path` (the clip's file) when no searched frame has a face.
 
   `threads` > 1 runs the detections concurrently (see `detect_frames`); the track
   is identical. The default, 1, suits `prepare`, whose worker processes already
@@ -217,4 +221,4 @@ def track_faces(frames: np.ndarray, detector: FaceDetector | None = None,
   if indices[-1] != n - 1:
     indices = np.append(indices, n - 1)  # anchor the tail of the clip too
   boxes = detect_frames(detector, frames, indices, threads)
-  return track_from_detections(n, frames.shape[1:3], indices, boxes)
+  return track_from_detections(n, indices, boxes, path=path)

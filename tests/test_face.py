@@ -1,16 +1,19 @@
-"""face: the shared Haar detector on real video, and tracking fallbacks/smoothing."""
+"""face: the shared Haar detector on real video, tracking (held boxes, smoothing),
+and a clip with no face at all as bad input for every path that crops faces."""
 
 from __future__ import annotations
 
 import pickle
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from input_pipeline import media
-from input_pipeline.face import (CENTRE, DETECTED, LAST_BOX, FaceDetector, centre_box,
-                                 track_faces, track_from_detections)
+from input_pipeline.errors import InputError
+from input_pipeline.face import (DETECTED, LAST_BOX, FaceDetector, NoFaceError, track_faces,
+                                 track_from_detections)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 FLVS = sorted((FIXTURES / "crema_d" / "VideoFlash").glob("*.flv"))
@@ -76,17 +79,19 @@ def test_track_holds_last_box_when_the_face_is_blanked(detector, flv_frames):
   assert np.linalg.norm(_centre(track.boxes[20]) - _centre(first.boxes[-1])) < 0.2 * w
 
 
-def test_track_falls_back_to_centre_crop_without_any_face(detector):
+def test_a_clip_without_any_face_is_bad_input_naming_the_file(detector):
+  """No centre crop of background: the clip is refused, with the frames searched."""
   rng = np.random.default_rng(0)
   frames = np.repeat(rng.integers(90, 110, (1, 120, 200, 3), dtype=np.uint8), 6, axis=0)
-  track = track_faces(frames, detector, every=2)
-  assert (track.source == CENTRE).all()
-  assert track.hit_rate == 0.0 and not track.found
-  assert track.boxes.shape == (6, 4) and track.boxes.dtype == np.float32
-  x, y, w, h = track.boxes[0]
-  assert w == h == 120                           # the largest square that fits
-  assert x + w / 2 == 100 and y + h / 2 == 60    # centred
-  np.testing.assert_array_equal(track.boxes[0], np.asarray(centre_box(120, 200), np.float32))
+  searched = len(range(0, 6, 2)) + 1  # every 2nd frame, and the last
+  with pytest.raises(NoFaceError) as e:
+    track_faces(frames, detector, every=2, path="clips/x.mp4")
+  assert isinstance(e.value, InputError) and e.value.path == "clips/x.mp4"
+  assert str(e.value) == f"clips/x.mp4: no face found in any of {searched} frames searched (of 6)"
+  with pytest.raises(NoFaceError, match=r"^clips/x.mp4: no face found in any of 6 frames$"):
+    track_faces(frames, detector, every=1, path="clips/x.mp4")
+  with pytest.raises(NoFaceError, match="no face found in any of 3 frames"):
+    track_from_detections(9, np.array([0, 4, 8]), [None, None, None])
 
 
 def test_smoothing_reduces_jitter_and_rejects_an_outlier():
@@ -95,7 +100,7 @@ def test_smoothing_reduces_jitter_and_rejects_an_outlier():
   true = np.array([100.0, 50.0, 80.0, 80.0])
   noisy = true + rng.normal(0.0, 3.0, (n, 4))
   noisy[30] = [10.0, 10.0, 30.0, 30.0]           # one false hit in the background
-  track = track_from_detections(n, (240, 320), np.arange(n), [tuple(b) for b in noisy])
+  track = track_from_detections(n, np.arange(n), [tuple(b) for b in noisy])
   assert (track.source == DETECTED).all()
   raw_step = np.abs(np.diff(np.delete(noisy, 30, 0), axis=0)).mean()
   smooth_step = np.abs(np.diff(track.boxes, axis=0)).mean()
@@ -108,7 +113,7 @@ def test_sparse_detections_are_interpolated_and_held_at_the_ends():
   n = 12
   indices = np.array([2, 5, 8])
   boxes = [(0.0, 0.0, 20.0, 20.0), None, (30.0, 0.0, 20.0, 20.0)]
-  track = track_from_detections(n, (100, 100), indices, boxes, median_window=1,
+  track = track_from_detections(n, indices, boxes, median_window=1,
                                 mean_window=1)
   assert track.hit_rate == pytest.approx(2 / 3)
   assert list(np.flatnonzero(track.source == DETECTED)) == [2, 8]
@@ -140,7 +145,7 @@ def test_threaded_track_equals_sequential_on_real_video(threads):
   from input_pipeline.clip import FACE_DETECT_EVERY, VIDEO_MAX_SIDE
   frames, _ = media.read_video(FLVS[-1], max_side=VIDEO_MAX_SIDE)
   want = track_faces(frames, FaceDetector(), every=FACE_DETECT_EVERY)
-  assert want.found  # A real face, not the centre-crop fallback.
+  assert (want.source == DETECTED).any()  # A real face was found.
   detector = FaceDetector()
   for _ in range(2):  # Again with the detector's clones reused.
     got = track_faces(frames, detector, every=FACE_DETECT_EVERY, threads=threads)
@@ -154,7 +159,7 @@ def test_threaded_track_equals_sequential_on_a_synthetic_clip():
   frames, _, _, _ = synth_clip(RavdessName(1, 1, 5, 2, 1, 1, 7), 0, 1.0)
   frames = frames[:40]
   want = track_faces(frames, FaceDetector(), every=3)
-  assert want.found
+  assert (want.source == DETECTED).any()
   _assert_same_track(track_faces(frames, every=3, threads=4), want)
   # More threads than detections, and one detection only.
   _assert_same_track(track_faces(frames[:4], every=3, threads=8),
@@ -176,3 +181,44 @@ def test_detector_with_clones_survives_pickling(flv_frames):
   clone = pickle.loads(pickle.dumps(detector))
   assert clone._clones == [] and clone._cascade is None  # pylint: disable=protected-access
   assert clone.detect(flv_frames[0]) == detector.detect(flv_frames[0])
+
+
+def _no_face_mp4(path: Path, seconds: float = 1.0, fps: int = 15) -> Path:
+  """An H.264 + AAC mp4 of uniform gray frames and a 440 Hz tone: no face anywhere."""
+  import imageio_ffmpeg
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
+                  "-f", "lavfi", "-i", f"color=c=gray:s=160x120:r={fps}:d={seconds}",
+                  "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:d={seconds}",
+                  "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                  str(path)], check=True, capture_output=True)
+  return path
+
+
+def test_prepare_skips_a_take_without_a_face_and_audio_sets_ignore_faces(tmp_path):
+  """prepare's per-take work: every video set skips the take with the cause (the
+  report lists it), and audio-only decoding does not look for faces."""
+  from input_pipeline import clip as clip_lib
+  from input_pipeline import features
+  from input_pipeline.builders.work import Skip, Take, compute_example
+  mp4 = _no_face_mp4(tmp_path / "01-01-01-01-01-01-01.mp4")
+  n = len(media.read_video(mp4, max_side=clip_lib.VIDEO_MAX_SIDE)[0])
+  searched = len(set(range(0, n, clip_lib.FACE_DETECT_EVERY)) | {n - 1})
+  cause = f"no face found in any of {searched} frames searched (of {n})"
+  take = Take("01-01-01-01-01-01", actor=1, label=0, emotion="neutral", audio_file=str(mp4),
+              video_file=str(mp4), files=(str(mp4),))
+  with pytest.raises(NoFaceError) as e:
+    clip_lib.decode(take.take_id, audio_file=str(mp4), video_file=str(mp4), need_audio=True,
+                    need_video=True)
+  assert str(e.value) == f"{mp4}: {cause}"
+  video_sets = [n for n, fs in features.FEATURE_SETS.items() if "video" in fs.modalities]
+  assert video_sets
+  for name in video_sets:
+    _, result = compute_example(take, name)
+    assert isinstance(result, Skip), name
+    assert (result.reason, result.files, result.take_id) == (cause, take.files, take.take_id)
+  # Audio-only sets decode no frame and track no face (their features cost a numba
+  # compile, so test_predict runs one on this kind of clip).
+  decoded = clip_lib.decode(take.take_id, audio_file=str(mp4), video_file=str(mp4),
+                            need_audio=True)
+  assert decoded.frames is None and decoded.face_hit_rate == clip_lib.NO_VIDEO
+  assert decoded.audio is not None

@@ -61,14 +61,22 @@ def no_audio_mp4(fixtures_dir) -> Path:
   return next((fixtures_dir / "ravdess" / "video_no_audio").glob("*.mp4"))
 
 
-def _expected_windows(duration: float, window: float, hop: float) -> int:
-  """Full windows `hop` apart from 0; one window when the clip is shorter."""
+def _expected_starts(duration: float, window: float, hop: float) -> np.ndarray:
+  """Full windows `hop` apart from 0, then one ending at the clip's end if they
+  leave a tail; one window when the clip is shorter than a window."""
   if duration <= window:
-    return 1
+    return np.zeros(1)
   slack = (duration - window) / hop
   # Keep away from the boundary, where container and decoded durations may differ.
   assert abs(slack - round(slack)) > 0.05, f"pick window/hop off the boundary ({slack})"
-  return 1 + math.floor(slack)
+  starts = np.arange(1 + math.floor(slack)) * hop
+  tail = duration - (starts[-1] + window)
+  assert tail > 0.05, f"pick window/hop with a clear tail ({tail} s)"
+  return np.append(starts, duration - window)
+
+
+def _expected_windows(duration: float, window: float, hop: float) -> int:
+  return len(_expected_starts(duration, window, hop))
 
 
 def _cli(*args, timeout=240, env=None):
@@ -90,14 +98,17 @@ def _check_probabilities(result, n_windows: int):
 def test_fusion_model_on_audio_video_flv(fusion_model, flv, tmp_path):
   from avjax.serving.predict import predict_file
   from input_pipeline import media
-  window, hop = 1.0, 0.3
-  n = _expected_windows(media.probe(str(flv)).duration, window, hop)
+  window, hop = 1.0, 0.35
+  want = _expected_starts(media.probe(str(flv)).duration, window, hop)
+  n = len(want)
   assert n > 2  # The fixture is ~2.2 s: several windows, not the short-clip case.
   out_json, out_png = tmp_path / "p.json", tmp_path / "p.png"
   result = predict_file(str(flv), str(fusion_model), window=window, hop=hop, batch_size=2,
                         json_path=str(out_json), plot_path=str(out_png))
   _check_probabilities(result, n)
-  np.testing.assert_allclose(result.starts, np.arange(n) * hop)
+  np.testing.assert_allclose(result.starts[:-1], want[:-1])
+  # The last window ends at the clip's end (the container's duration is rounded).
+  np.testing.assert_allclose(result.starts[-1], want[-1], atol=0.05)
   assert 0.0 <= result.face_hit_rate <= 1.0
   assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   report = json.loads(out_json.read_text())
@@ -239,3 +250,159 @@ def test_compilation_cache_dir(case, tmp_path):
   assert proc.stdout.strip() == want
   if want != "None":
     assert os.path.isdir(want) or case == "jax_env"
+
+
+# ------------------------------------------------------------- windows cover the clip
+
+@pytest.mark.parametrize("duration,window,hop", [
+    (4.1, 3.6, 1.0), (5.0, 3.0, 1.0), (2.0, 3.6, 1.0), (10.0, 3.0, 2.5), (7.3, 3.6, 0.5),
+    (3.6, 3.6, 1.0), (3.61, 3.6, 1.0)])
+def test_windows_cover_every_second_of_the_clip(duration, window, hop):
+  from input_pipeline.clip import TAIL_TOLERANCE, window_starts
+  starts = window_starts(duration, window, hop)
+  assert starts[0] == 0.0 and np.all(np.diff(starts) > 0)
+  assert np.all(np.diff(starts) <= window)                   # no gap between windows
+  end = starts[-1] + window
+  assert end >= duration - TAIL_TOLERANCE                    # the tail is covered
+  if duration > window:
+    assert end <= duration + 1e-9                            # and no window is padded
+  hop_starts = starts[:-1] if len(starts) > 1 else starts
+  np.testing.assert_allclose(hop_starts, np.arange(len(hop_starts)) * hop)
+
+
+def test_the_last_window_of_a_4_1_s_wav_ends_at_its_end(audio_model, tmp_path):
+  """The audit's case: 3.6 s windows every 1 s left the last 0.5 s of 4.1 s unheard."""
+  import soundfile
+  from avjax.serving.predict import predict_file
+  sr, seconds = 16000, 4.1
+  t = np.arange(int(sr * seconds)) / sr
+  wav = tmp_path / "talk.wav"
+  soundfile.write(str(wav), (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr)
+  result = predict_file(str(wav), str(audio_model), hop=1.0)
+  assert result.window == pytest.approx(3.6)  # mfcc's span, the model's default
+  np.testing.assert_allclose(result.starts, [0.0, seconds - 3.6], atol=1e-6)
+  np.testing.assert_allclose(result.ends, [3.6, seconds], atol=1e-6)
+  _check_probabilities(result, 2)
+
+
+# ------------------------------------------------------------------ no face, no guess
+
+def _no_face_mp4(path: Path, seconds: float = 1.0, fps: int = 15) -> Path:
+  """An H.264 + AAC mp4 of uniform gray frames and a 440 Hz tone: no face anywhere."""
+  import imageio_ffmpeg
+  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
+                  "-f", "lavfi", "-i", f"color=c=gray:s=160x120:r={fps}:d={seconds}",
+                  "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:d={seconds}",
+                  "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                  str(path)], check=True, capture_output=True)
+  return path
+
+
+def test_cli_video_model_on_a_clip_without_a_face_stops_with_one_line(video_model, tmp_path):
+  mp4 = _no_face_mp4(tmp_path / "wall.mp4")
+  out_json = tmp_path / "p.json"
+  proc = _cli("predict", mp4, "--model", video_model, "--json", out_json)
+  _one_line_error(proc, str(mp4), "no face found in any of")
+  assert not out_json.exists()
+
+
+def test_audio_model_on_a_clip_without_a_face_ignores_the_video(audio_model, tmp_path):
+  from avjax.serving.predict import predict_file
+  result = predict_file(str(_no_face_mp4(tmp_path / "wall.mp4")), str(audio_model))
+  assert result.face_hit_rate is None  # No frame decoded, no face looked for.
+  _check_probabilities(result, 1)
+
+
+# ---------------------------------------------------------------- paths and the file
+
+def test_json_records_the_model_path_given_not_the_temporary_export(
+    audio_model, fixtures_dir, tmp_path, monkeypatch):
+  """A workdir is exported to a temp dir on the fly; the report names the workdir."""
+  import shutil
+  from avjax.serving import export
+  from avjax.serving.predict import predict_file
+  workdir = tmp_path / "runs" / "s1"
+  workdir.mkdir(parents=True)
+  (workdir / "config.json").write_text("{}")
+  exported_to = []
+
+  def fake_export_workdir(src, out, **kwargs):  # Training a run is test_export's job.
+    exported_to.append(out)
+    shutil.copytree(audio_model, out)
+
+  monkeypatch.setattr(export, "export_workdir", fake_export_workdir)
+  monkeypatch.chdir(tmp_path)
+  wav = sorted((fixtures_dir / "crema_d" / "AudioWAV").glob("*.wav"))[0]
+  out_json = tmp_path / "p.json"
+  result = predict_file(str(wav), os.path.join("runs", "s1"), json_path=str(out_json))
+  assert exported_to and not exported_to[0].startswith(str(workdir))
+  assert result.model == str(workdir)
+  assert json.loads(out_json.read_text())["model"] == str(workdir)
+
+
+def test_a_missing_file_is_reported_before_the_model_loads(tmp_path, monkeypatch):
+  from avjax.serving import predict
+  from input_pipeline.errors import InputError
+  monkeypatch.setattr(predict, "load_model",
+                      lambda *a, **k: pytest.fail("loaded the model before checking the file"))
+  missing = tmp_path / "missing.wav"
+  with pytest.raises(InputError, match=f"^{missing}: file not found$"):
+    predict.predict_file(str(missing), str(tmp_path / "model"))
+  (tmp_path / "dir.wav").mkdir()
+  with pytest.raises(InputError, match="dir.wav: not a regular file"):
+    predict.predict_file(str(tmp_path / "dir.wav"), str(tmp_path / "model"))
+
+
+def test_cli_missing_file_and_missing_model_names_the_file(tmp_path):
+  proc = _cli("predict", tmp_path / "missing.wav", "--model", tmp_path / "no_model")
+  _one_line_error(proc, str(tmp_path / "missing.wav"), "file not found")
+
+
+# ----------------------------------------------------------------------- the figure
+
+def _prediction(probabilities, duration: float, window: float, hop: float = 1.0):
+  from avjax.serving.predict import Prediction
+  from input_pipeline.clip import window_starts
+  starts = window_starts(duration, window, hop)
+  probabilities = np.asarray(probabilities, np.float32).reshape(len(starts), len(CLASSES))
+  return Prediction(file="/clips/take.mp4", model="/models/s1", model_name="sultana_audio",
+                    class_names=list(CLASSES), duration=duration, window=window, hop=hop,
+                    starts=starts, probabilities=probabilities, timings={})
+
+
+def test_one_window_plot_is_a_bar_per_class_and_says_it_was_padded(tmp_path):
+  from matplotlib.patches import Rectangle
+  from avjax.serving.predict import figure, timeline_figure
+  p = np.random.default_rng(0).dirichlet(np.ones(len(CLASSES)))
+  result = _prediction(p, duration=3.2, window=3.6)
+  fig = figure(result)
+  (ax,) = fig.axes
+  bars = [r for r in ax.patches if isinstance(r, Rectangle)]
+  assert len(bars) == len(CLASSES)
+  np.testing.assert_allclose(sorted(b.get_width() for b in bars), sorted(p), atol=1e-6)
+  ticks = [t.get_text() for t in ax.get_yticklabels()]
+  assert ticks == list(CLASSES)
+  best = CLASSES[int(np.argmax(p))]
+  title = ax.get_title()
+  assert f"take.mp4: {best}" in title
+  assert "3.2 s clip, padded to the 3.6 s window" in title
+  assert "padded" not in figure(_prediction(p, duration=3.6, window=3.6)).axes[0].get_title()
+  out = tmp_path / "one.png"
+  timeline_figure(result, str(out))
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timeline_keeps_near_uniform_probabilities_apart_and_marks_chance():
+  from avjax.serving.predict import figure
+  rng = np.random.default_rng(0)
+  duration, window, hop = 8.3, 3.6, 1.0
+  n = len(_expected_starts(duration, window, hop))
+  p = rng.dirichlet(np.full(len(CLASSES), 100.0), size=n)  # all within a few % of chance
+  (ax,) = figure(_prediction(p, duration, window, hop)).axes
+  chance = 1.0 / len(CLASSES)
+  lo, hi = ax.get_ylim()
+  assert lo <= min(p.min(), chance) and hi >= max(p.max(), chance)
+  assert hi - lo < 0.5 * (1.0 - 0.0)  # fitted to the data, not the whole [0, 1]
+  flat = [ln for ln in ax.get_lines() if np.allclose(ln.get_ydata(), chance)]
+  assert flat, "no reference line at chance"
+  assert f"{n} windows" in ax.get_title() and "ends at the clip's end" in ax.get_title()

@@ -6,6 +6,13 @@ decoded clip, each window's feature sets computed exactly as for a training
 clip, and the exported model run on them in fixed-size batches. The clip's
 label is the class of the mean probability over its windows.
 
+Windows start every `hop` seconds from 0; when the hop leaves the clip's tail
+uncovered, one more window ends at the clip's end, so every second of the clip
+is in some window (4.1 s with the 3.6 s window and 1 s hop: starts 0 and 0.5 s).
+A clip shorter than the window is one window, padded by the feature sets. A
+video in which no face is found on any searched frame is refused (InputError):
+every video feature set crops faces.
+
 One clip is served at a time, so its work uses every core: audio and video are
 decoded at once and the face detections run in a thread per core. Both give
 exactly what `prepare`'s sequential path gives (same samples, frames, boxes).
@@ -40,7 +47,7 @@ DEFAULT_BATCH = 16
 class Prediction:
   """Per-window and clip-level results, plus where the time went."""
   file: str
-  model: str                  # the export directory
+  model: str                  # the model directory the user gave (absolute)
   model_name: str             # the registered model it holds
   class_names: list[str]
   duration: float
@@ -140,11 +147,20 @@ def load_model(model_dir: str) -> artifact.ExportedModel:
 
 
 def _check_file(path: str) -> str:
+  """Checked before the model is loaded (TensorFlow, seconds), so a mistyped
+  name fails at once."""
+  from input_pipeline.errors import InputError  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
   if ext not in SUPPORTED_EXTENSIONS:
     raise UserError(f"{path}: unsupported file type {ext or '(none)'!r}; expected one of "
                     f"{', '.join(e[1:] for e in SUPPORTED_EXTENSIONS)}")
+  if not os.path.exists(path):
+    raise InputError(path, "file not found")
+  if not os.path.isfile(path):
+    raise InputError(path, "not a regular file")
+  if os.path.getsize(path) == 0:
+    raise InputError(path, "empty file (0 bytes)")
   return path
 
 
@@ -156,8 +172,12 @@ def predict_file(path: str, model: artifact.ExportedModel | str, *,
   the timeline PNG when asked. Bad input raises InputError / UserError (one line)."""
   from input_pipeline import clip as clip_lib  # pylint: disable=g-import-not-at-top
   path = _check_file(path)
-  if isinstance(model, str):
-    model = load_model(model)
+  if isinstance(model, (str, os.PathLike)):
+    # A workdir is exported to a temporary directory: report the user's path.
+    model_path = os.path.abspath(model)
+    model = load_model(model_path)
+  else:
+    model_path = model.directory
   window = float(window) if window is not None else float(
       model.metadata.get("window_seconds") or clip_lib.natural_window(model.feature_sets))
   if not window > 0 or not hop > 0:
@@ -183,7 +203,7 @@ def predict_file(path: str, model: artifact.ExportedModel | str, *,
              **{f"{k}_cpu": v for k, v in clock.cpu.items()}}
 
   result = Prediction(
-      file=os.path.abspath(path), model=model.directory,
+      file=os.path.abspath(path), model=model_path,
       model_name=str(model.metadata.get("model", "")), class_names=model.class_names,
       duration=float(decoded.duration), window=window, hop=float(hop), starts=starts,
       probabilities=np.asarray(probabilities, np.float32), timings=timings,
@@ -229,32 +249,80 @@ def _write_json(path: str, payload: dict) -> None:
 
 
 def timeline_figure(result: Prediction, path: str) -> None:
-  """One line per emotion: its probability at each window's centre over time."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
+  """Writes `figure(result)` as a PNG."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  centres = (result.starts + result.ends) / 2.0
-  fig, ax = plt.subplots(figsize=(9, 4))
-  colors = plt.get_cmap("tab10")
-  marker = "o" if len(centres) < 2 else "."
-  for i, name in enumerate(result.class_names):
-    ax.plot(centres, result.probabilities[:, i], marker=marker, color=colors(i % 10),
-            label=f"{name} ({result.clip_probabilities[i]:.2f})",
-            linewidth=2.0 if name == result.label else 1.0)
-  ax.set_xlim(0.0, max(result.duration, float(result.ends[-1])))
-  ax.set_ylim(0.0, 1.0)
-  ax.set_xlabel("time (s, window centre)")
-  ax.set_ylabel("probability")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-            title="mean over windows", title_fontsize=7)
-  ax.set_title(f"{os.path.basename(result.file)}: {result.label} "
-               f"({_windows(len(result.starts))} of {result.window:g} s, hop "
-               f"{result.hop:g} s)\nmodel: {result.model_name} ({os.path.basename(result.model)})", fontsize=9)
-  fig.tight_layout()
+  fig = figure(result)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def figure(result: Prediction):
+  """The `--plot` figure. One window (a 3-4 s clip, the usual case) is a bar chart
+  of its class probabilities: a timeline of one point per class would stack them
+  at one x. Several windows are a timeline, one line per class at each window's
+  centre, with a y-range fitted to the data and chance so near-uniform
+  probabilities stay apart. Both mark chance (1 / classes)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  names, probs = result.class_names, result.probabilities
+  chance = 1.0 / len(names)
+  colors = plt.get_cmap("tab10")
+  model_line = f"model: {result.model_name} ({os.path.basename(result.model)})"
+  if len(result.starts) == 1:
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.38 * len(names)))
+    p = probs[0]
+    best = int(np.argmax(p))
+    y = np.arange(len(names))
+    ax.barh(y, p, color=["tab:blue" if i == best else "0.7" for i in y], height=0.7)
+    top = min(1.0, 1.2 * max(float(p.max()), chance) + 0.02)
+    ax.axvline(chance, color="0.3", linestyle="--", linewidth=1, zorder=1)
+    for i, v in enumerate(p):
+      ax.text(v + 0.01 * top, i, f"{v:.2f}", va="center", fontsize=8, zorder=3,
+              fontweight="bold" if i == best else "normal",
+              bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+    ax.set_yticks(y, names)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # The first class on top.
+    ax.set_xlim(0.0, top)
+    ax.set_xlabel(f"probability (dashed: chance, 1/{len(names)})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{os.path.basename(result.file)}: {result.label}\n"
+                 f"{_one_window_span(result)}\n{model_line}", fontsize=9)
+  else:
+    fig, ax = plt.subplots(figsize=(9, 4))
+    centres = (result.starts + result.ends) / 2.0
+    for i, name in enumerate(names):
+      ax.plot(centres, probs[:, i], marker=".", color=colors(i % 10),
+              label=f"{name} ({result.clip_probabilities[i]:.2f})",
+              linewidth=2.5 if name == result.label else 1.0)
+    ax.axhline(chance, color="0.3", linestyle="--", linewidth=1,
+               label=f"chance (1/{len(names)})")
+    lo, hi = min(float(probs.min()), chance), max(float(probs.max()), chance)
+    pad = 0.08 * (hi - lo) + 0.02
+    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+    ax.set_xlim(0.0, max(result.duration, float(result.ends[-1])))
+    ax.set_xlabel("time (s, window centre)")
+    ax.set_ylabel("probability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="mean over windows", title_fontsize=7)
+    tail = ("; the last ends at the clip's end"
+            if not np.isclose(result.starts[-1] - result.starts[-2], result.hop) else "")
+    ax.set_title(f"{os.path.basename(result.file)}: {result.label} "
+                 f"({_windows(len(result.starts))} of {result.window:g} s, hop "
+                 f"{result.hop:g} s{tail}; {result.duration:.1f} s clip)\n{model_line}",
+                 fontsize=9)
+  fig.tight_layout()
+  return fig
+
+
+def _one_window_span(result: Prediction) -> str:
+  """What the one window held: a clip shorter than the window is padded."""
+  if result.duration < result.window - 0.005:
+    return (f"one window: the whole {result.duration:.1f} s clip, padded to the "
+            f"{result.window:g} s window")
+  return f"one window of {result.window:g} s ({result.duration:.1f} s clip)"
 
 
 def _windows(n: int) -> str:
