@@ -189,12 +189,19 @@ def test_export_refuses_a_non_empty_out_and_a_non_workdir(trained, tmp_path, cap
   assert not (tmp_path / "o").exists()
 
 
-def test_predict_accepts_a_training_workdir(trained, reference, fixtures_dir):
-  """--model may be a workdir: it is exported (jax only) on the fly, and predicts
-  with the best checkpoint's class names."""
+def test_predict_accepts_a_training_workdir(trained, reference, fixtures_dir, tmp_path,
+                                           monkeypatch):
+  """--model may be a workdir: it is exported (jax only) on the fly, into a
+  temporary directory that is gone afterwards, and predicts with the best
+  checkpoint's class names."""
+  import tempfile
   from avjax.serving.predict import predict_file
   workdir, _ = trained
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   wav = sorted((fixtures_dir / "crema_d" / "AudioWAV").glob("*.wav"))[0]
   result = predict_file(str(wav), str(workdir))
+  assert not [p.name for p in scratch.iterdir() if p.name.startswith("avjax-predict-")]
   assert result.class_names == reference["class_names"]
   np.testing.assert_allclose(result.probabilities.sum(-1), 1.0, atol=1e-5)

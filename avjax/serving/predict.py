@@ -139,9 +139,11 @@ def load_model(model_dir: str) -> artifact.ExportedModel:
   if os.path.isfile(os.path.join(model_dir, "config.json")) or os.path.isdir(
       os.path.join(model_dir, "checkpoints")):
     from avjax.serving import export  # pylint: disable=g-import-not-at-top
-    out = os.path.join(tempfile.mkdtemp(prefix="avjax-predict-"), "export")
-    export.export_workdir(model_dir, out, savedmodel=False)
-    return artifact.load(out)
+    # artifact.load reads every file into memory, so the export can go at once.
+    with tempfile.TemporaryDirectory(prefix="avjax-predict-") as tmp:
+      out = os.path.join(tmp, "export")
+      export.export_workdir(model_dir, out, savedmodel=False)
+      return artifact.load(out)
   raise UserError(f"{model_dir}: neither an export directory (metadata.json) nor a "
                   "training workdir (config.json, checkpoints/)")
 
