@@ -9,11 +9,15 @@ and exits 2; the traceback appears only with `--verbose`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.abc
 import logging
 import os
+import re
 import sys
+import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from avjax.errors import UserError
 
@@ -158,11 +162,23 @@ class _Parser(argparse.ArgumentParser):
     raise UserError(f"{self.prog}: {message}")
 
 
+_VERBOSE_HELP = "show tracebacks, debug logs and TensorFlow's start-up lines"
+
+
+class _SubParser(_Parser):
+  """A subcommand's parser: also takes --verbose/-v, so it works after the
+  subcommand too. SUPPRESS keeps an earlier `avjax -v CMD` from being reset."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                      help=_VERBOSE_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog=PROG, description="Audio-visual emotion recognition in JAX.")
-  parser.add_argument("--verbose", "-v", action="store_true",
-                      help="show tracebacks and debug logs")
-  sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+  parser.add_argument("--verbose", "-v", action="store_true", help=_VERBOSE_HELP)
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
   sub.required = True
 
   p = sub.add_parser("synth", help="write the synthetic audio-visual corpus (RAVDESS layout)")
@@ -283,24 +299,146 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return args
 
 
+# --- TensorFlow's start-up lines -------------------------------------------------
+#
+# TensorFlow 2.21 logs "oneDNN custom operations are on" (port.cc) through absl's
+# C++ LOG from the static initialisers of two of its shared objects, each with its
+# own copy of absl, so it appears twice, each time after absl's "All log messages
+# before absl::InitializeLog() ..." notice. absl writes those to fd 2 whatever
+# TF_CPP_MIN_LOG_LEVEL says: that variable only filters TensorFlow's own logging
+# (it does silence the cpu_feature_guard line). So while `import tensorflow` runs,
+# fd 2 goes to a file, and all but these lines are written back afterwards.
+# oneDNN itself stays on (TF_ENABLE_ONEDNN_OPTS would change numerics).
+_TF_STARTUP_NOISE = re.compile(
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written "
+    r"to STDERR$|^I\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on")
+
+
+@contextlib.contextmanager
+def _filtered_stderr_fd() -> Iterator[None]:
+  """fd 2 into a temporary file; afterwards its lines, less TF's start-up noise."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
+              if not _TF_STARTUP_NOISE.match(line)]
+      if kept:
+        os.write(2, "".join(kept).encode())
+
+
+class _QuietLoader(importlib.abc.Loader):
+  """Runs the wrapped loader of `tensorflow` with fd 2 filtered."""
+
+  def __init__(self, loader, finder: _QuietTensorFlowImport):
+    self._loader, self._finder = loader, finder
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module):
+    if self._finder in sys.meta_path:  # TensorFlow loads once: the hook's job is done.
+      sys.meta_path.remove(self._finder)
+    try:
+      with _filtered_stderr_fd():
+        self._loader.exec_module(module)
+    finally:  # The module keeps its real loader.
+      module.__loader__ = self._loader
+      if getattr(module, "__spec__", None) is not None:
+        module.__spec__.loader = self._loader
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+  """Filters the first `import tensorflow`, wherever a command (or a library it
+  calls) does it, so commands that never need TensorFlow never pay for it."""
+
+  def find_spec(self, name, path=None, target=None):
+    if name != "tensorflow" or name in sys.modules:
+      return None
+    for finder in sys.meta_path:
+      find = getattr(finder, "find_spec", None) if finder is not self else None
+      spec = find(name, path, target) if find else None
+      if spec is not None:
+        if spec.loader is not None:
+          spec.loader = _QuietLoader(spec.loader, self)
+        return spec
+    return None
+
+
+def _quiet_tensorflow_startup() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  if "tensorflow" not in sys.modules and not any(
+      isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+# --- workdirs ----------------------------------------------------------------------
+
+
+def _new_top(path: str) -> str | None:
+  """The highest folder of `path` that does not exist yet (None if `path` exists):
+  what a failed command may remove again."""
+  path = os.path.abspath(path)
+  if os.path.lexists(path):
+    return None
+  while True:
+    parent = os.path.dirname(path)
+    if parent == path or os.path.lexists(parent):
+      return path
+    path = parent
+
+
+def _remove_if_empty(top: str) -> None:
+  """Removes `top` if it holds no files, only (nested) empty folders."""
+  if not os.path.isdir(top) or os.path.islink(top):
+    return
+  for root, dirs, files in os.walk(top):
+    if files or any(os.path.islink(os.path.join(root, d)) for d in dirs):
+      return
+  for root, _, _ in os.walk(top, topdown=False):
+    try:
+      os.rmdir(root)
+    except OSError:
+      return
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+  from input_pipeline.errors import ConfigError, InputError
+  return (UserError, InputError, ConfigError, FileNotFoundError, NotADirectoryError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
   verbose = "--verbose" in argv or "-v" in argv
   logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                       format="%(levelname)s %(name)s: %(message)s")
   if not verbose:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _quiet_tensorflow_startup()
+  new_workdir = None
+  rc = EXIT_FAILURE
   try:
     args = parse_args(argv)
-    return int(args.handler(args) or 0)
+    verbose = bool(args.verbose)
+    if getattr(args, "workdir", None):
+      new_workdir = _new_top(args.workdir)
+    rc = int(args.handler(args) or 0)
+    return rc
   except SystemExit as e:  # --help exits 0 through argparse.
-    return int(e.code or 0)
+    rc = int(e.code or 0)
+    return rc
   except KeyboardInterrupt:
     print(f"{PROG}: interrupted", file=sys.stderr)
-    return 130
+    rc = 130
+    return rc
   except Exception as e:  # noqa: BLE001 - the CLI is the one place errors become lines.
-    from input_pipeline.errors import InputError
-    user = isinstance(e, (UserError, InputError, FileNotFoundError, NotADirectoryError))
+    user = isinstance(e, _user_error_types())
     if verbose:
       traceback.print_exc()
     message = " ".join(str(e).split()) or type(e).__name__
@@ -309,7 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
       if not verbose:
         message += " (run again with --verbose for the traceback)"
     print(f"{PROG}: error: {message}", file=sys.stderr)
-    return EXIT_USER_ERROR if user else EXIT_FAILURE
+    rc = EXIT_USER_ERROR if user else EXIT_FAILURE
+    return rc
+  finally:
+    # A command that failed leaves no empty workdir it made (nor its empty fold_K).
+    if rc != 0 and new_workdir:
+      _remove_if_empty(new_workdir)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,11 @@ def _looks_literal(text: str) -> bool:
     return False
 
 
+def _known(node: ml_collections.ConfigDict) -> str:
+  """The keys a typo could have meant, at the level where it was made."""
+  return ", ".join(sorted(node.keys()))
+
+
 def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
   """Applies one `a.b.c=value` override in place."""
   key, sep, text = assignment.partition("=")
@@ -98,14 +103,14 @@ def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
   parts = key.split(".")
   for i, part in enumerate(parts[:-1]):
     if part not in node:
-      raise UserError(f"config.{key}: unknown key {'.'.join(parts[:i + 1])!r}")
+      raise UserError(f"config.{key}: unknown key {'.'.join(parts[:i + 1])!r} "
+                      f"(known: {_known(node)})")
     node = node[part]
     if not isinstance(node, ml_collections.ConfigDict):
       raise UserError(f"config.{key}: {'.'.join(parts[:i + 1])!r} is not a section")
   leaf = parts[-1]
   if leaf not in node:
-    known = ", ".join(sorted(node.keys()))
-    raise UserError(f"config.{key}: unknown key {leaf!r} (known: {known})")
+    raise UserError(f"config.{key}: unknown key {leaf!r} (known: {_known(node)})")
   current = node[leaf]
   if isinstance(current, ml_collections.ConfigDict):
     raise UserError(f"config.{key}: is a section; set one of its fields instead")

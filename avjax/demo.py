@@ -1,7 +1,7 @@
 """`avjax demo`: the whole path on the embedded synthetic corpus, end to end.
 
 synth -> prepare -> train -> evaluate -> export -> predict, each step timed and
-reported honestly: a step that is not built yet says so rather than pretending.
+reported honestly: a step that fails says so, and the steps after it are skipped.
 The default size finishes within 10 minutes on 2 CPU cores.
 """
 
@@ -15,8 +15,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from avjax.errors import NotBuiltYet
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The demo trains S1's audio branch (Sultana et al. 2024): the system whose CPU
 # cost fits the 10-minute budget; the config lives with the other experiments.
@@ -28,7 +26,7 @@ DEMO_PROTOCOL_K = 4  # actor_kfold over the demo's actors: 1/4 test, 1/4 val, 1/
 @dataclasses.dataclass
 class StepResult:
   name: str
-  status: str = "pending"      # ran | not built yet | failed | skipped
+  status: str = "pending"      # ran | failed | skipped
   seconds: float = 0.0
   detail: str = ""
   outputs: list[str] = dataclasses.field(default_factory=list)
@@ -51,7 +49,6 @@ class DemoSummary:
       lines.append(f"{s.name:<{width}}  {s.status:<14} {t}  {s.detail}")
     ran = sum(s.status == "ran" for s in self.steps)
     lines.append(f"{ran}/{len(self.steps)} steps ran; "
-                 f"{sum(s.status == 'not built yet' for s in self.steps)} not built yet; "
                  f"{sum(s.status == 'failed' for s in self.steps)} failed.")
     outputs = [o for s in self.steps for o in s.outputs]
     if outputs:
@@ -67,8 +64,6 @@ def _run_step(result: StepResult, fn: Callable[[], tuple[str, list[str]]],
   try:
     result.detail, result.outputs = fn()
     result.status = "ran"
-  except NotBuiltYet as e:
-    result.status, result.detail = "not built yet", str(e)
   except Exception as e:  # noqa: BLE001 - the summary must report every step.
     result.status = "failed"
     result.detail = f"{type(e).__name__}: {' '.join(str(e).split())}"

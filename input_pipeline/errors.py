@@ -24,3 +24,12 @@ class MissingModalityError(InputError):
   def __init__(self, path, modality: str, cause: str | None = None):
     self.modality = modality
     super().__init__(path, cause or f"no {modality} stream")
+
+
+class ConfigError(ValueError):
+  """A mistake in the data config (protocol, fold, k, batch size) that a flag fixes:
+  the CLI prints it as one line and exits 2. A ValueError, so callers that caught
+  ValueError before keep working."""
+
+  def __init__(self, message: str):
+    super().__init__(" ".join(str(message).split()))

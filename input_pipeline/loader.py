@@ -13,12 +13,15 @@ of batches.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
+
+from input_pipeline.errors import ConfigError
 
 Example = Mapping[str, Any]
 
@@ -83,8 +86,8 @@ def train_dataset(source: Sequence[Example], *, batch_size: int, seed: int,
     raise ValueError("training source is empty")
   ds = _shard(grain.MapDataset.source(source), shard_index, shard_count)
   if len(ds) < batch_size:
-    raise ValueError(f"shard {shard_index} has {len(ds)} examples, fewer than the "
-                     f"per-process batch size {batch_size}")
+    raise ConfigError(f"shard {shard_index} has {len(ds)} examples, fewer than the "
+                      f"per-process batch size {batch_size}")
   ds = ds.seed(seed).shuffle().repeat(num_epochs)
   ds = ds.map(SelectKeys(keys))
   for t in transforms:
@@ -231,7 +234,7 @@ def augmentations_from_config(augment: Mapping[str, Any] | None
     elif name == "mixup":
       mixup = Mixup(**params)
     else:
-      raise ValueError(f"unknown augmentation {name!r} (known: spec_augment, frames, mixup)")
+      raise ConfigError(f"unknown augmentation {name!r} (known: spec_augment, frames, mixup)")
   return per_example, mixup
 
 
@@ -290,7 +293,7 @@ def _feature_sets(data_config) -> tuple[str, ...]:
   if single and single not in names:
     names = (single, *names)
   if not names:
-    raise ValueError("config.data needs feature_set (or feature_sets)")
+    raise ConfigError("config.data needs feature_set (or feature_sets)")
   return tuple(names)
 
 
@@ -317,14 +320,45 @@ def _source_for(builders, split_names: Sequence[str]):
   return sources[0] if len(sources) == 1 else JoinedSource(sources)
 
 
+def _check_train_shards(num_train: int, batch: int, process_count: int, split) -> None:
+  """Every process needs a full batch from its shard of the training split; says
+  which global batch would fit, before Grain is asked for one."""
+  smallest = num_train // process_count  # The last shards are the short ones.
+  if smallest >= batch:
+    return
+  largest_global = smallest * process_count
+  if largest_global:
+    fix = f"lower --config.train.global_batch_size to at most {largest_global}"
+  else:
+    fix = ("the training split is empty" if not num_train
+           else "the training split has fewer examples than there are processes")
+  short = (f"fewer than the batch size {batch}" if process_count == 1 else
+           f"and process {process_count - 1} of {process_count} gets {smallest} of them, "
+           f"fewer than the per-process batch size {batch}")
+  raise ConfigError(f"fold {split.fold} of {split.protocol} has {num_train} training "
+                    f"examples, {short}; {fix}")
+
+
+def _warn_no_validation(split) -> None:
+  """Without validation actors no checkpoint is scored on `val`, so the best one
+  by a `val/...` metric is just the latest: say so once, not in a report's fine print."""
+  why = (" (actor_kfold with k=2 deals the actors into a test and a training half, "
+         "leaving none to validate on; k >= 3 keeps a validation fold)"
+         if split.protocol == "actor_kfold" and split.num_folds == 2 else "")
+  logging.getLogger(__name__).warning(
+      "fold %d of %s has no validation actors%s: a val/ best metric (the default "
+      "val/uar) cannot choose a checkpoint, so the latest one is evaluated and reported",
+      split.fold, split.protocol, why)
+
+
 def create_datasets(data_config, *, global_batch_size: int, seed: int,
                     process_index: int = 0, process_count: int = 1) -> Datasets:
   """Opens the prepared feature set(s), cuts the fold and builds the loaders."""
   from input_pipeline import splits as splits_lib
 
   if global_batch_size % process_count:
-    raise ValueError(f"global batch {global_batch_size} is not divisible by "
-                     f"{process_count} processes")
+    raise ConfigError(f"global batch {global_batch_size} is not divisible by "
+                      f"{process_count} processes")
   batch = global_batch_size // process_count
   names = _feature_sets(data_config)
   builders = [open_prepared(data_config.data_dir, data_config.dataset, n) for n in names]
@@ -348,10 +382,14 @@ def create_datasets(data_config, *, global_batch_size: int, seed: int,
   spec = {}
   for k in wanted:
     if k not in features:
-      raise ValueError(f"config.data.keys: {k!r} is not a feature of "
-                       f"{', '.join(names)} (has: {', '.join(sorted(features))})")
+      raise ConfigError(f"config.data.keys: {k!r} is not a feature of "
+                        f"{', '.join(names)} (has: {', '.join(sorted(features))})")
     spec[k] = (tuple(features[k].shape), features[k].np_dtype)
   label = builders[0].info.features["label"]
+  _check_train_shards(len(sources["train"]), batch, process_count, split)
+  eval_splits = tuple(data_config.get("eval_splits", ("val", "test")))
+  if "val" in eval_splits and not split.leaky and not split.val:
+    _warn_no_validation(split)
   per_example, mixup = augmentations_from_config(data_config.get("augment"))
   train = train_dataset(
       sources["train"], batch_size=batch, seed=seed, shard_index=process_index,
@@ -359,7 +397,7 @@ def create_datasets(data_config, *, global_batch_size: int, seed: int,
       batch_transforms=[mixup] if mixup else [],
       worker_count=int(data_config.get("worker_count", 0)))
   evals = {}
-  for name in data_config.get("eval_splits", ("val", "test")):
+  for name in eval_splits:
     if len(sources[name]):
       evals[name] = (lambda src=sources[name]: eval_batches(
           src, batch_size=batch, shard_index=process_index, shard_count=process_count,

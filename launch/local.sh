@@ -8,9 +8,23 @@
 #   DEVICES=4 launch/local.sh ...                          # another device count
 set -euo pipefail
 
+# usage [CODE]: the help text, on stdout for --help (exit 0), else on stderr (exit 2).
 usage() {
-  echo "usage: $0 [--dry-run] [--devices N] --config experiments/NAME.py[:ARGS] --workdir DIR [--config.KEY=VALUE ...]" >&2
-  exit 2
+  local code="${1:-2}"
+  local text="usage: $0 [--dry-run] [--devices N] --config experiments/NAME.py[:ARGS] --workdir DIR [--config.KEY=VALUE ...]
+
+  --config SPEC        experiments/NAME.py[:ARGS]
+  --workdir DIR        where checkpoints, metrics and reports go
+  --devices N          simulated CPU devices (default \$DEVICES or 8)
+  --dry-run            print the command and run nothing
+  --config.KEY=VALUE   passed to avjax train unchanged (repeatable)
+  -h, --help           this help"
+  if [ "$code" = 0 ]; then
+    echo "$text"
+  else
+    echo "$text" >&2
+  fi
+  exit "$code"
 }
 
 dry_run=0
@@ -28,7 +42,7 @@ while [ $# -gt 0 ]; do
     --workdir) workdir="${2:?--workdir needs a value}"; shift ;;
     --workdir=*) workdir="${1#*=}" ;;
     --config.*) extra+=("$1") ;;
-    -h|--help) usage ;;
+    -h|--help) usage 0 ;;
     *) echo "$0: unknown argument: $1" >&2; usage ;;
   esac
   shift

@@ -311,6 +311,14 @@ def test_local_dry_run_simulates_devices(stubs, devices):
   assert words[-1] == "--config.seed=1"
 
 
+def test_local_help():
+  proc = run(["bash", LOCAL, "--help"], os.environ)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith("usage:") and proc.stderr == ""
+  for flag in ("--config", "--workdir", "--devices", "--dry-run", "--config.KEY=VALUE"):
+    assert flag in proc.stdout
+
+
 @pytest.mark.parametrize("args", [["--workdir", "/tmp/run"], ["--config", CONFIG],
                                   ["--config", CONFIG, "--workdir", "/tmp/run", "--bogus"]])
 def test_local_bad_flags_fail(stubs, args):

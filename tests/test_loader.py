@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import loader
+from input_pipeline.errors import ConfigError
 from input_pipeline.splits import LeakError
 
 
@@ -98,7 +99,7 @@ def test_augmentations_keep_shapes_and_actually_change_inputs():
     assert not np.allclose(p["x"], a["x"])
     assert ((a["mixup_lambda"] >= 0.5) & (a["mixup_lambda"] <= 1)).all()
     assert a["mixup_label"].shape == a["label"].shape
-  with pytest.raises(ValueError, match="unknown augmentation"):
+  with pytest.raises(ConfigError, match="unknown augmentation"):
     loader.augmentations_from_config({"warp": {}})
 
 
@@ -162,3 +163,51 @@ def test_multiprocess_workers_match_in_process_order_and_resume():
   resumed = iter(loader.train_dataset(src, worker_count=2, **spec))
   resumed.set_state(state)
   assert same(take(resumed, 3), serial[5:])
+
+
+def test_train_shard_smaller_than_a_batch_is_a_config_error():
+  src = toy_source(n=10)
+  with pytest.raises(ConfigError, match="fewer than the per-process batch size 11"):
+    loader.train_dataset(src, batch_size=len(src) + 1, seed=0)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_global_batch_too_large_for_the_fold_names_one_that_fits(prepared, processes):
+  data_dir = prepared("mfcc")
+  n_train = loader.create_datasets(_data_config(data_dir), global_batch_size=4,
+                                   seed=0).info.num_examples["train"]
+  fits = (n_train // processes) * processes  # Every process needs a full batch.
+  too_big = fits + processes
+  with pytest.raises(ConfigError) as raised:
+    loader.create_datasets(_data_config(data_dir), global_batch_size=too_big, seed=0,
+                           process_index=0, process_count=processes)
+  assert f"global_batch_size to at most {fits}" in str(raised.value)
+  loader.create_datasets(_data_config(data_dir), global_batch_size=fits, seed=0,
+                         process_index=processes - 1, process_count=processes)
+
+
+def test_mistakes_in_the_data_config_are_config_errors(prepared):
+  data_dir = prepared("mfcc")
+  for bad in (dict(protocol="actor_fold"), dict(k=99), dict(fold=99),
+              dict(protocol="random_clip", fold=0), dict(keys=("nope",))):
+    with pytest.raises(ConfigError):
+      loader.create_datasets(_data_config(data_dir, **bad), global_batch_size=4, seed=0)
+  with pytest.raises(ConfigError, match="not divisible"):
+    loader.create_datasets(_data_config(data_dir), global_batch_size=5, seed=0,
+                           process_count=2)
+
+
+def test_two_fold_kfold_warns_once_that_there_is_no_validation(prepared, caplog):
+  data_dir = prepared("mfcc")
+  with caplog.at_level("WARNING", logger="input_pipeline.loader"):
+    ds = loader.create_datasets(_data_config(data_dir, k=2, fold=0), global_batch_size=4,
+                                seed=0)
+  assert ds.info.split_actors["val"] == () and "val" not in ds.evals
+  warned = [r for r in caplog.records if "no validation actors" in r.getMessage()]
+  assert len(warned) == 1 and "k=2" in warned[0].getMessage()
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="input_pipeline.loader"):
+    loader.create_datasets(_data_config(data_dir, k=2, fold=0, eval_splits=("test",)),
+                           global_batch_size=4, seed=0)
+    loader.create_datasets(_data_config(data_dir), global_batch_size=4, seed=0)
+  assert not [r for r in caplog.records if "no validation actors" in r.getMessage()]

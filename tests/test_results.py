@@ -96,3 +96,30 @@ def test_results_command_runs_both_protocols(prepared, tmp_path, capsys):
   assert [p.stat().st_mtime_ns for p in reports] == stamps
   again = capsys.readouterr().out
   assert again[again.index("| system"):] == out[out.index("| system"):]
+
+
+def _fold_report(value: float) -> dict:
+  return {"config": "experiments/x.py:audio", "protocol": "actor_kfold", "leaky": False,
+          "protocol_label": "actor-independent (actor_kfold, fold 0)",
+          "splits": {"test": {"accuracy": value, "uar": value, "macro_f1": value}}}
+
+
+def test_cv_report_of_one_fold_is_singular_without_a_spread():
+  from avjax.train import evaluate
+  value = 0.375
+  md = evaluate.cv_markdown(evaluate._cv_summary({0: _fold_report(value)}))
+  assert md.splitlines()[0].startswith("# experiments/x.py:audio: 1 fold, ")
+  (row,) = [line for line in md.splitlines() if line.startswith("| test")]
+  assert "±" not in md
+  assert row.count(f"{100 * value:.2f}") == 3
+
+
+def test_cv_report_of_several_folds_shows_mean_and_std():
+  from avjax.train import evaluate
+  values = [0.25, 0.5, 0.75]
+  summary = evaluate._cv_summary({i: _fold_report(v) for i, v in enumerate(values)})
+  md = evaluate.cv_markdown(summary)
+  assert f": {len(values)} folds, " in md.splitlines()[0]
+  cell = f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"
+  (row,) = [line for line in md.splitlines() if line.startswith("| test")]
+  assert row.count(cell) == 3

@@ -3,6 +3,7 @@
 import pytest
 
 from input_pipeline import splits
+from input_pipeline.errors import ConfigError
 
 RAVDESS_ACTORS = list(range(1, 25))
 CREMA_ACTORS = list(range(1001, 1092))
@@ -70,3 +71,52 @@ def test_small_corpus_errors_are_clear():
     splits.make_split("ravdess_6fold", 0, [1, 2, 99])
   with pytest.raises(ValueError, match="out of range"):
     splits.make_split("ravdess_6fold", 6, RAVDESS_ACTORS)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: splits.make_split("actor_fold", 0, RAVDESS_ACTORS),
+    lambda: splits.num_folds("actor_fold"),
+    lambda: splits.make_split("actor_kfold", 0, [1, 2, 3, 4], k=5),
+    lambda: splits.make_split("actor_kfold", 7, [1, 2, 3, 4], k=4),
+    lambda: splits.make_split("random_clip", 0, RAVDESS_ACTORS),
+    lambda: splits.make_split("random_clip", 1, RAVDESS_ACTORS, allow_leaky=True),
+    lambda: splits.make_split("ravdess_6fold", 0, [1, 2, 3, 4]),
+])
+def test_data_config_mistakes_are_config_errors(call):
+  """The CLI reports ConfigError as a user error (exit 2); it stays a ValueError."""
+  with pytest.raises(ConfigError) as raised:
+    call()
+  assert isinstance(raised.value, ValueError)
+  assert "\n" not in str(raised.value)
+
+
+def test_leak_error_is_a_config_error():
+  assert issubclass(splits.LeakError, ConfigError)
+
+
+@pytest.mark.parametrize("actors", [[1, 2, 3, 4], [2, 3, 4], list(range(1, 9))])
+def test_missing_protocol_actors_suggest_a_kfold_that_fits(actors):
+  fold0 = splits.load_fixed_protocol("ravdess_6fold")["folds"][0]
+  assert not set(fold0["train"]) & set(actors)  # Fold 0 trains on none of them.
+  with pytest.raises(ConfigError, match="no training actors") as raised:
+    splits.make_split("ravdess_6fold", 0, actors)
+  k = min(5, len(actors))
+  assert f"--config.data.protocol=actor_kfold --config.data.k={k}" in str(raised.value)
+  # The suggestion works: every fold of it has train, val and test actors.
+  for fold in range(k):
+    s = splits.make_split("actor_kfold", fold, actors, k=k)
+    assert s.train and s.val and s.test
+
+
+def test_too_large_k_suggests_one_that_fits():
+  actors = [1, 2, 3, 4]
+  with pytest.raises(ConfigError, match=f"--config.data.k={len(actors)}"):
+    splits.make_split("actor_kfold", 0, actors, k=len(actors) + 1)
+
+
+def test_two_fold_kfold_has_no_validation_actors():
+  """k=2 stays allowed (benchmarks/loader_throughput.py uses it); the loader warns."""
+  actors = [1, 2, 3, 4]
+  for fold in range(2):
+    s = splits.make_split("actor_kfold", fold, actors, k=2)
+    assert s.val == () and set(s.train) | set(s.test) == set(actors)

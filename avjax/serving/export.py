@@ -101,6 +101,21 @@ def _class_names(workdir: str, config) -> tuple[str, ...]:
                     "first") from e
 
 
+def _check_step_kept(workdir: str, step: int) -> None:
+  """A step the run did not keep (only the last few and the best survive) is a
+  user error that names the steps there are, not Orbax's bare "not found"."""
+  from avjax.train import checkpoint as ckpt_lib
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    kept = sorted(checkpointer.all_steps())
+  finally:
+    checkpointer.close()
+  if step not in kept:
+    steps = ", ".join(str(s) for s in kept) if kept else "none"
+    raise UserError(f"{workdir}: no checkpoint at step {step}; the steps kept are: "
+                    f"{steps} (leave out --step for the best)")
+
+
 def restore_workdir(workdir: str, step: int | None = None) -> Restored:
   """The best (or given) checkpoint's variables and the model that reads them."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -110,6 +125,8 @@ def restore_workdir(workdir: str, step: int | None = None) -> Restored:
   if not os.path.isdir(workdir):
     raise UserError(f"{workdir}: workdir does not exist")
   config = evaluate._load_config(workdir)  # pylint: disable=protected-access
+  if step is not None:
+    _check_step_kept(workdir, int(step))  # Before the slow build.
   class_names = _class_names(workdir, config)
   feature_sets = feature_sets_of(config.data)
   input_keys = tuple(config.model.inputs)

@@ -202,12 +202,20 @@ def _cv_summary(per_fold: Mapping[int, Mapping[str, Any]]) -> dict:
           "folds": sorted(per_fold), "splits": table}
 
 
+def _cv_cell(stats: Mapping[str, Any]) -> str:
+  """mean ± std in percent; a single fold has no spread to show, so no ± 0.00."""
+  if len(stats.get("per_fold", ())) == 1:
+    return f"{100 * stats['mean']:.2f}"
+  return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+
+
 def cv_markdown(summary: Mapping[str, Any]) -> str:
-  lines = [f"# {summary['config']}: {len(summary['folds'])} folds, "
+  n = len(summary["folds"])
+  lines = [f"# {summary['config']}: {n} fold{'' if n == 1 else 's'}, "
            f"{summary['protocol_label']}", "",
            "| split | WA (%) | UAR (%) | macro-F1 (%) |", "|---|---|---|---|"]
   for split, row in summary["splits"].items():
-    cells = [f"{100 * row[m]['mean']:.2f} ± {100 * row[m]['std']:.2f}" for m in _HEADLINE]
+    cells = [_cv_cell(row[m]) for m in _HEADLINE]
     lines.append(f"| {split} | " + " | ".join(cells) + " |")
   if summary["leaky"]:
     lines += ["", "**LEAKY protocol**: actors are shared between train and test."]
