@@ -10,9 +10,12 @@ found` always holds.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -44,15 +47,21 @@ class PrepareReport:
   ignored_files: list[str]
   seconds: float
   already_prepared: bool = False
+  # Class names in label order, each with its number of prepared examples.
+  classes: list[dict] = dataclasses.field(default_factory=list)
 
   def summary(self) -> str:
+    """One line with every count: skips found before decoding (bad names,
+    unusable rows) and ignored files print no warning of their own."""
     if self.already_prepared:
       return (f"{self.dataset}/{self.feature_set} {self.version} already prepared at "
               f"{self.data_path} ({self.prepared} examples; report: {REPORT_FILE})")
+    ignored = len(self.ignored_files)
     return (f"{self.dataset}/{self.feature_set} {self.version}: found {self.found}, "
-            f"prepared {self.prepared}, skipped {len(self.skipped)} "
-            f"in {self.seconds:.1f} s -> {self.data_path} "
-            f"(report: {os.path.join(self.data_path, REPORT_FILE)})")
+            f"prepared {self.prepared}, skipped {len(self.skipped)}, ignored {ignored} "
+            f"non-clip file{'' if ignored == 1 else 's'} in {self.seconds:.1f} s -> "
+            f"{self.data_path} (every skipped and ignored file, with its reason: "
+            f"{os.path.join(self.data_path, REPORT_FILE)})")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -85,10 +94,19 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
   Apache Beam pipeline instead of the local process pool: for corpora larger than
   one machine. `data_dir` and `manual_dir` must then be readable by the workers.
   """
+  with without_download_notices():
+    return _prepare(dataset, manual_dir, data_dir, feature_set, workers=workers,
+                    progress=progress, beam_runner=beam_runner, beam_options=beam_options)
+
+
+def _prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
+             workers: int | None, progress: bool, beam_runner: str | None,
+             beam_options: Mapping[str, str] | Sequence[str] | None) -> PrepareReport:
   manual_dir = os.path.abspath(os.fspath(manual_dir))
   data_dir = os.path.abspath(os.fspath(data_dir))
   if not os.path.isdir(manual_dir):
-    raise InputError(manual_dir, "manual directory does not exist")
+    raise InputError(manual_dir, "manual directory is a file, not a directory"
+                     if os.path.exists(manual_dir) else "manual directory does not exist")
   try:
     builder = make_builder(dataset, data_dir, feature_set, manual_dir=manual_dir,
                            workers=workers, progress=progress)
@@ -119,7 +137,8 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
         prepared=builder.prepared,
         skipped=[{"files": list(s.files), "take": s.take_id, "reason": s.reason}
                  for s in builder.skipped],
-        ignored_files=list(builder.ignored), seconds=time.time() - start)
+        ignored_files=list(builder.ignored), seconds=time.time() - start,
+        classes=class_counts(builder))
 
   try:
     builder.download_and_prepare(download_config=config)
@@ -138,6 +157,39 @@ def prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
                        f"{len(report.skipped)} != found {report.found}")
   _write_json(report.to_json(), report_path)
   return report
+
+
+def class_counts(builder: base.AvBuilder) -> list[dict]:
+  """Prepared examples per class: the discovered takes that no later skip names."""
+  failed = {s.take_id for s in builder.skipped if s.take_id is not None}
+  counts = collections.Counter(t.label for t in builder.takes if t.take_id not in failed)
+  return [{"name": name, "prepared": counts[i]}
+          for i, name in enumerate(builder.class_names())]
+
+
+def _not_download_notice(record: logging.LogRecord) -> bool:
+  """Filter for notices that read as if a download failed, or as a problem: TFDS's
+  "Variant folder ... has no dataset_info.json" (the version folder `prepare` is
+  about to write) and Beam's "apitools not found" (its BigQuery client, which
+  avjax never uses)."""
+  msg = str(record.msg)
+  if msg.startswith("Variant folder") and "dataset_info.json" in record.getMessage():
+    return False
+  return not msg.startswith("apitools not found")
+
+
+@contextlib.contextmanager
+def without_download_notices():
+  """Drops `_not_download_notice`'s records while `prepare` runs, and nothing else.
+  absl logs TFDS's; Beam logs through the root logger."""
+  loggers = (logging.getLogger("absl"), logging.getLogger())
+  for logger in loggers:
+    logger.addFilter(_not_download_notice)
+  try:
+    yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(_not_download_notice)
 
 
 def _write_json(obj, path: str) -> None:

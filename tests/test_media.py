@@ -251,3 +251,76 @@ def test_read_video_max_side_shrinks_keeping_aspect():
   assert max(small.shape[1:3]) <= info.width // 2
   assert abs(small.shape[2] / small.shape[1] - info.width / info.height) < 0.05
   assert fps_small == fps and len(small) == len(full)
+
+
+def _wav_cut(tmp_path, keep: float) -> tuple[Path, float, float]:
+  """A 16-bit 1.5 s wav with only `keep` of its samples left after the header:
+  (path, seconds its header declares, seconds of samples left)."""
+  sr, n = 16000, 24000
+  whole = tmp_path / "whole.wav"
+  soundfile.write(whole, 0.1 * np.ones(n, np.float32), sr, subtype="PCM_16")
+  data = whole.read_bytes()
+  start = data.index(b"data") + 8
+  kept = int(n * keep)
+  path = tmp_path / "cut.wav"
+  path.write_bytes(data[:start + 2 * kept])
+  return path, n / sr, kept / sr
+
+
+def test_wav_cut_short_raises_truncated(tmp_path):
+  path, declared, left = _wav_cut(tmp_path, 0.5)
+  with pytest.raises(InputError) as exc:
+    media.read_audio(path)
+  _assert_one_line_naming(exc.value, path)
+  assert exc.value.cause == (f"truncated file (header says {declared:.2f} s, data ends "
+                             f"at {left:.2f} s)")
+
+
+def test_wav_a_few_samples_short_still_reads(tmp_path):
+  """Within the tolerance: only a file that ends well before its header says fails."""
+  path, declared, left = _wav_cut(tmp_path, 0.99)
+  assert declared - left < media.TRUNCATION_MIN_SECONDS
+  audio, sr = media.read_audio(path)
+  assert len(audio) == round(left * sr)
+
+
+@needs_fixtures
+def test_flv_cut_short_raises_truncated(tmp_path):
+  """A CREMA-D flv cut in half still probes at its full duration (the metadata
+  says so) and decodes to half: both readers must refuse it."""
+  src = _flv()
+  path = tmp_path / src.name
+  path.write_bytes(src.read_bytes()[:src.stat().st_size // 2])
+  declared = media.probe(src).duration
+  assert media.probe(path).duration == declared
+  for reader in (media.read_audio, media.read_video):
+    with pytest.raises(InputError) as exc:
+      reader(path)
+    _assert_one_line_naming(exc.value, path)
+    assert exc.value.cause.startswith(f"truncated file (header says {declared:.2f} s")
+
+
+def test_audio_track_shorter_than_the_video_is_not_truncation(tmp_path):
+  """The container's duration is the video's; the audio ends well before it, yet
+  the file is whole: the check looks at where every stream's data ends."""
+  fps, sr = 30.0, 16000
+  frames, _ = _test_clip(1.5, fps, sr)
+  _, audio = _test_clip(0.5, fps, sr)
+  path = tmp_path / "short_audio.mp4"
+  media.write_av(path, frames, fps, audio, sr)
+  got, got_sr = media.read_audio(path)
+  assert abs(len(got) / got_sr - len(audio) / sr) < 0.05
+  assert len(media.read_video(path)[0]) == len(frames)
+
+
+def test_text_named_mp4_is_not_called_truncated(tmp_path):
+  text = tmp_path / "notes.mp4"
+  text.write_text("file,label,actor\nclips/a.mp4,happy,1\n")
+  cut = _truncated(tmp_path)  # A real mp4 cut before its index (moov).
+  with pytest.raises(InputError) as exc:
+    media.probe(text)
+  _assert_one_line_naming(exc.value, text)
+  assert "not an mp4" in exc.value.cause and "truncated" not in exc.value.cause
+  with pytest.raises(InputError) as exc:
+    media.probe(cut)
+  assert "truncated" in exc.value.cause and "moov" in exc.value.cause

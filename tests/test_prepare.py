@@ -101,7 +101,8 @@ def test_real_crema_fixture_audio_video(tmp_path, fixtures_dir):
     assert np.isfinite(ex["mel_image"]).all()
 
 
-def test_skip_report_lists_every_bad_file(tmp_path, synth_corpus):
+def test_skip_report_lists_every_bad_file(tmp_path, synth_corpus, caplog):
+  import logging
   import soundfile as sf
   corpus = tmp_path / "corpus" / "Actor_01"
   corpus.mkdir(parents=True)
@@ -123,8 +124,20 @@ def test_skip_report_lists_every_bad_file(tmp_path, synth_corpus):
   shutil.copy(good[0], corpus / "03-01-99-01-01-01-01.wav")
   shutil.copy(good[0], corpus / "my_recording.wav")
   (corpus / "notes.txt").write_text("not media")
-  report = prepare("ravdess", str(tmp_path / "corpus"), str(tmp_path / "data"), "mfcc",
-                   workers=1, progress=False)
+  with caplog.at_level(logging.WARNING):
+    report = prepare("ravdess", str(tmp_path / "corpus"), str(tmp_path / "data"), "mfcc",
+                     workers=1, progress=False)
+  # Files that fail to decode are named as they are skipped; bad names, found
+  # before decoding, are only counted in the summary.
+  warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+  decode_failures = [n for n, why in bad.items() if why != "bad name"]
+  assert sorted(warned) == sorted(
+      f"skipping {corpus / n}: " + next(s["reason"] for s in report.skipped
+                                         if s["files"] == [str(corpus / n)])
+      for n in decode_failures)
+  summary = report.summary()
+  assert f"prepared {len(good)}, skipped {len(bad)}, ignored 1 " in summary
+  assert str(Path(report.data_path) / "prepare_report.json") in summary
   assert report.found == len(good) + len(bad)
   assert report.prepared == len(good)
   assert report.prepared + len(report.skipped) == report.found
@@ -178,6 +191,38 @@ def test_unknown_feature_set_and_missing_dir_are_one_line_errors(tmp_path, synth
     prepare("ravdess", str(synth_corpus), str(tmp_path), "nosuch")
   with pytest.raises(InputError, match="does not exist"):
     prepare("ravdess", str(tmp_path / "missing"), str(tmp_path), "mfcc")
+  a_file = tmp_path / "corpus.zip"
+  a_file.write_bytes(b"PK")
+  with pytest.raises(InputError, match="is a file, not a directory") as err:
+    prepare("ravdess", str(a_file), str(tmp_path), "mfcc")
+  assert err.value.path == str(a_file)
+
+
+def test_prepare_prints_no_download_notices(tmp_path, synth_corpus, caplog, capsys):
+  """avjax downloads nothing: TFDS's "Downloading and preparing" line and its
+  "Variant folder ... has no dataset_info.json" warning are dropped; every other
+  warning (here a skipped file) still shows."""
+  import logging
+  corpus = tmp_path / "corpus" / "Actor_01"
+  corpus.mkdir(parents=True)
+  shutil.copy(sorted((synth_corpus / "Actor_01").glob("03-*.wav"))[0], corpus)
+  bad = corpus / "03-01-03-02-01-01-01.wav"
+  bad.write_bytes(b"RIFF not really a wav")
+  with caplog.at_level(logging.INFO):
+    report = prepare("ravdess", str(tmp_path / "corpus"), str(tmp_path / "data"), "mfcc",
+                     workers=1, progress=False)
+  assert report.prepared == 1
+  messages = [r.getMessage() for r in caplog.records]
+  assert not [m for m in messages if "dataset_info.json" in m]
+  assert [m for m in messages if m.startswith(f"skipping {bad}: ")]
+  out = capsys.readouterr()
+  assert "Downloading and preparing" not in out.out + out.err
+  assert "downloaded and prepared" not in out.out + out.err
+  # Outside prepare, the same records pass.
+  absl = logging.getLogger("absl")
+  with caplog.at_level(logging.WARNING):
+    absl.warning("Variant folder %s has no %s", tmp_path, "dataset_info.json")
+  assert caplog.records[-1].getMessage().endswith("dataset_info.json")
 
 
 def test_folder_builder_reads_labels_csv(tmp_path, synth_corpus, fixtures_dir):
@@ -199,7 +244,7 @@ def test_folder_builder_reads_labels_csv(tmp_path, synth_corpus, fixtures_dir):
           "clips/anna_sad.mp4,sad,1,female,anna_sad",
           "clips/anna_sad.wav,sad,1,female,anna_sad",
           "clips/ben_angry.flv,Angry,2,male,",
-          "clips/missing.mp4,happy,2,male,",
+          "clips/missing.mp4,calm,2,male,",  # calm's only row: calm is no class.
           "clips/anna_happy.mp4,happy,abc,female,y",
           "clips/ben_angry.flv,sad,2,male,conflict",
           "clips/anna_sad.wav,happy,2,male,conflict"]
@@ -214,7 +259,9 @@ def test_folder_builder_reads_labels_csv(tmp_path, synth_corpus, fixtures_dir):
   assert [os.path.basename(p) for p in report.ignored_files] == ["stray.mp4"]
   builder = open_prepared(str(tmp_path / "data"), "folder", "mfcc")
   names = builder.info.features["label"].names
-  assert list(names) == ["happy", "sad", "angry"]  # Known emotions keep RAVDESS order.
+  # The labels of the rows used; known emotions keep RAVDESS order.
+  assert list(names) == ["happy", "sad", "angry"]
+  assert report.classes == [{"name": n, "prepared": 1} for n in names]
   got = {ex["take_id"].decode(): (names[ex["label"]], int(ex["actor"]),
                                   ex["source_files"].decode())
          for _, ex in _all_examples(builder)}

@@ -108,6 +108,7 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._data_dir_root = kwargs.get("data_dir") or tempfile.gettempdir()
     self.skipped: list[Skip] = []
     self.ignored: list[str] = []
+    self.takes: list[Take] = []     # discovered, before decoding
     self.found = 0
     self.prepared = 0
     super().__init__(**kwargs)
@@ -132,6 +133,13 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         features=tfds.features.FeaturesDict(feats),
         supervised_keys=None, homepage=getattr(self, "HOMEPAGE", None),
         citation=getattr(self, "CITATION", None))
+
+  def _log_download_bytes(self) -> None:
+    """Silences TFDS's "Downloading and preparing dataset": avjax downloads
+    nothing, and `prepare` prints its own summary."""
+
+  def _log_download_done(self) -> None:
+    """Silences TFDS's "Dataset ... downloaded and prepared to": see above."""
 
   def _download_and_prepare(self, dl_manager, download_config):
     """Notes whether a Beam runner drives this build: `_split_generators` only
@@ -166,8 +174,11 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     generator finds its examples as they arrive instead of after the last clip."""
     manual_dir = os.fspath(dl_manager.manual_dir)
     if not os.path.isdir(manual_dir):
-      raise InputError(manual_dir, "manual download directory does not exist")
+      raise InputError(manual_dir, "manual download directory is a file, not a directory"
+                       if os.path.exists(manual_dir) else
+                       "manual download directory does not exist")
     found = self.discover(manual_dir)
+    self.takes = list(found.takes)
     self.skipped.extend(found.skipped)
     self.ignored.extend(found.ignored)
     self.found = len(found.takes) + len(found.skipped)
@@ -214,7 +225,7 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     by_actor: dict[int, list[Take]] = {}
     for take, skip in zip(ordered, probed):
       if skip is not None:
-        log.warning("skipping %s: %s", take.take_id, skip.reason)
+        log.warning("skipping %s: %s", skip.where(), skip.reason)
         self.skipped.append(skip)
       else:
         by_actor.setdefault(take.actor, []).append(take)
@@ -237,8 +248,9 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _process_pipeline_result(self, pipeline_result) -> None:
     """Collects the pipeline's skip records, so the report stays complete."""
     for record in read_skip_records(self._skip_dir) if self._skip_dir else []:
-      skip = Skip(tuple(record["files"]), record["reason"], record.get("take"))
-      log.warning("skipping %s: %s", skip.take_id, skip.reason)
+      skip = Skip(tuple(record["files"]), record["reason"], record.get("take"),
+                  record.get("path"))
+      log.warning("skipping %s: %s", skip.where(), skip.reason)
       self.skipped.append(skip)
 
   def cleanup(self) -> None:
@@ -383,7 +395,7 @@ class ExampleStream:
     self._left[take.actor] -= 1
     self._bar.update()
     if isinstance(result, Skip):
-      log.warning("skipping %s: %s", take.take_id, result.reason)
+      log.warning("skipping %s: %s", result.where(), result.reason)
       self._builder.skipped.append(result)
       return
     first = take.actor not in self._has_example
@@ -428,7 +440,7 @@ def probe_take(take: Take, modalities: Sequence[str]) -> Skip | None:
       if not media.probe(take.video_file).has_video:
         raise MissingModalityError(take.video_file, "video")
   except InputError as e:
-    return Skip(take.files, e.cause if e.path else str(e), take.take_id)
+    return Skip(take.files, e.cause if e.path else str(e), take.take_id, e.path)
   return None
 
 
@@ -462,7 +474,7 @@ def _compute_tagged(take: Take, feature_set_name: str, split: str):
     tfds.beam.inc_counter("skipped", namespace="avjax")
     yield pvalue.TaggedOutput(SKIPPED_TAG, json.dumps(
         {"files": list(result.files), "take": result.take_id, "reason": result.reason,
-         "split": split}))
+         "path": result.path, "split": split}))
   else:
     tfds.beam.inc_counter("prepared", namespace="avjax")
     yield key, result

@@ -36,6 +36,11 @@ class Skip:
   files: tuple[str, ...]
   reason: str
   take_id: str | None = None
+  path: str | None = None    # the file the reason is about, where one is known
+
+  def where(self) -> str:
+    """What to name in a warning: the failing file, else the take's files."""
+    return self.path or ", ".join(self.files) or self.take_id or "?"
 
 
 def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip]:
@@ -54,7 +59,8 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
                               need_video=need_video)
     values = feature_set.compute(decoded.media())
   except InputError as e:
-    return take.take_id, Skip(take.files, e.cause if e.path else str(e), take.take_id)
+    return take.take_id, Skip(take.files, e.cause if e.path else str(e), take.take_id,
+                              e.path)
   except Exception as e:  # noqa: BLE001 - a broken clip must not end a 1440-clip build.
     return take.take_id, Skip(take.files, f"{type(e).__name__}: {' '.join(str(e).split())}",
                               take.take_id)
