@@ -171,3 +171,31 @@ def test_reduce_on_plateau_scales_updates_down():
   assert sizes[0] == pytest.approx(0.1)
   assert sizes[-1] < sizes[0]  # The plateau rule has cut the step.
   assert float(optax.tree_utils.tree_get(state, "scale")) < 1.0
+
+
+def test_curves_mark_the_reported_step_and_chance_and_keep_split_colours(tmp_path,
+                                                                          monkeypatch):
+  from avjax.train import plots
+  figures = []
+  monkeypatch.setattr(plots.plt, "close", figures.append)
+  series = {f"{split}/{metric}": [(2, 0.1 + i / 10), (4, 0.2 + i / 10)]
+            for i, split in enumerate(("train", "val", "test"))
+            for metric in ("loss", "uar", "accuracy", "macro_f1")}
+  reported, chance = 4, 1 / 8
+  plots.curves_figure(series, str(tmp_path / "c.png"), "t", reported_step=reported,
+                      chance=chance)
+  assert (tmp_path / "c.png").stat().st_size > 0
+  ax_loss, ax_metric = figures[0].axes
+  lines = [ln for ln in ax_metric.get_lines() if len(ln.get_xdata()) == 2
+           and list(ln.get_xdata()) == [2, 4]]
+  assert len(lines) == 9
+  # One colour per split across both panels, one line style per metric.
+  colours = {ln.get_color() for ln in lines}
+  assert len(colours) == 3
+  assert {ln.get_color() for ln in ax_loss.get_lines()
+          if list(ln.get_xdata()) == [2, 4]} == colours
+  assert len({ln.get_linestyle() for ln in lines}) == 3
+  flat_y = [ln for ln in ax_metric.get_lines() if list(ln.get_ydata()) == [chance, chance]]
+  upright = [ln for ax in (ax_loss, ax_metric) for ln in ax.get_lines()
+             if list(ln.get_xdata()) == [reported, reported]]
+  assert len(flat_y) == 1 and len(upright) == 2

@@ -90,7 +90,9 @@ def write_report(workdir: str, report: Mapping[str, Any]) -> None:
       np.asarray(report["splits"][primary]["confusion_matrix"]), report["class_names"],
       os.path.join(workdir, CM_PNG), head)
   plots.curves_figure(writers.read_metrics(workdir), os.path.join(workdir, CURVES_PNG),
-                      f"{report['config']}\n{report['protocol_label']}")
+                      f"{report['config']}\n{report['protocol_label']}",
+                      reported_step=report.get("checkpoint_step"),
+                      chance=1.0 / len(report["class_names"]))
 
 
 def _load_config(workdir: str) -> ml_collections.ConfigDict:
