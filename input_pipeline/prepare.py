@@ -135,8 +135,8 @@ def _prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
         dataset=dataset, feature_set=feature_set, version=str(builder.version),
         data_path=data_path, manual_dir=manual_dir, found=builder.found,
         prepared=builder.prepared,
-        skipped=[{"files": list(s.files), "take": s.take_id, "reason": s.reason}
-                 for s in builder.skipped],
+        skipped=[{"files": list(s.files), "take": s.take_id, "file": s.where(),
+                  "reason": s.reason} for s in builder.skipped],
         ignored_files=list(builder.ignored), seconds=time.time() - start,
         classes=class_counts(builder))
 

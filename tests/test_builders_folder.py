@@ -54,6 +54,20 @@ def test_header_with_a_byte_order_mark_is_read(tmp_path):
   assert sorted(t.label for t in listing.takes) == ["happy", "sad"]
 
 
+@pytest.mark.parametrize("header,sep", [("File,Label,Actor", ","),
+                                        (" file ; label ; actor ", ";"),
+                                        ("file\tlabel\tactor", "\t")])
+def test_header_case_spaces_and_semicolon_or_tab_separators_are_read(tmp_path, header,
+                                                                    sep):
+  rows = ["a.wav,happy,1", "b.wav,sad,2"]
+  manual = _folder(tmp_path / "m", rows, header=header)
+  (manual / "labels.csv").write_text(
+      "\n".join([header] + [r.replace(",", sep) for r in rows]) + "\n")
+  listing = folder.list_folder(str(manual))
+  assert sorted((Path(t.files[0]).name, t.label, t.actor) for t in listing.takes) == \
+      sorted((r.split(",")[0], r.split(",")[1], int(r.split(",")[2])) for r in rows)
+
+
 def test_classes_txt_fixes_the_classes_and_skips_unknown_labels(tmp_path):
   classes = ["sad", "happy", "angry"]  # Not RAVDESS order: the file's order wins.
   rows = ["a.wav,happy,1", "b.wav,hapy,1", "c.wav,Sad,2", "d.wav,sad,2"]

@@ -143,6 +143,8 @@ def test_skip_report_lists_every_bad_file(tmp_path, synth_corpus, caplog):
   assert report.prepared + len(report.skipped) == report.found
   skipped_files = {os.path.basename(s["files"][0]): s["reason"] for s in report.skipped}
   assert set(skipped_files) == set(bad)
+  # Each entry names the file its reason is about (here the take's one file).
+  assert all(s["file"] == s["files"][0] for s in report.skipped)
   for reason in skipped_files.values():
     assert reason and "\n" not in reason
   assert [os.path.basename(p) for p in report.ignored_files] == ["notes.txt"]

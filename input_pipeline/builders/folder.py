@@ -63,10 +63,20 @@ def read_labels(manual_dir: str) -> list[LabelRow]:
   path = os.path.join(manual_dir, LABELS_FILE)
   if not os.path.isfile(path):
     raise InputError(path, "labels file not found (need columns file,label,actor)")
-  # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark.
+  # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark,
+  # and in many locales they separate fields with ';' (or export with tabs).
   with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.DictReader(f)
-    missing = set(REQUIRED_COLUMNS) - set(reader.fieldnames or ())
+    sample = f.read(4096)
+    f.seek(0)
+    try:
+      dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample else "",
+                                    delimiters=",;\t")
+    except csv.Error:
+      dialect = csv.excel
+    reader = csv.DictReader(f, dialect=dialect)
+    # Header names as people type them: "File", " label ".
+    reader.fieldnames = [(n or "").strip().lower() for n in reader.fieldnames or ()]
+    missing = set(REQUIRED_COLUMNS) - set(reader.fieldnames)
     if missing:
       raise InputError(path, f"missing column(s) {', '.join(sorted(missing))}")
     rows = []
