@@ -153,7 +153,8 @@ def _run_ffmpeg(path, args: list[str], stdin: bytes | None = None,
   return proc.stdout
 
 
-def _check_file(path) -> str:
+def check_file(path) -> str:
+  """A readable, non-empty regular file, else InputError naming it."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise InputError(path, "file not found")
@@ -241,7 +242,7 @@ def _rate(m: re.Match | None) -> float | None:
 
 def probe(path: str | os.PathLike) -> MediaInfo:
   """Reads container and stream facts; raises InputError if it is not usable media."""
-  path = _check_file(path)
+  path = check_file(path)
   cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path]
   try:
     proc = subprocess.run(cmd, capture_output=True, check=False)
@@ -305,7 +306,7 @@ def read_audio(path: str | os.PathLike,
   wav goes through soundfile (exact samples, no subprocess); anything else is
   decoded by ffmpeg. `sample_rate=None` keeps the file's own rate.
   """
-  path = _check_file(path)
+  path = check_file(path)
   audio = None
   is_wav = path.lower().endswith(_WAV_EXTS)
   if is_wav:
@@ -350,7 +351,7 @@ def read_video(path: str | os.PathLike, fps: float | None = None,
   so a 1280x720 RAVDESS clip does not cost 300 MB of RGB when every feature
   crops faces to at most 112 px.
   """
-  path = _check_file(path)
+  path = check_file(path)
   info = probe(path)
   if not info.has_video:
     raise MissingModalityError(path, "video")

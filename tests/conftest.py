@@ -100,3 +100,20 @@ def prepared(tmp_path_factory, synth_corpus):
               progress=False)
     return build_once(tmp_path_factory, f"prepared_{feature_set}", build, path=data_dir)
   return get
+
+
+@pytest.fixture
+def no_face_mp4():
+  """Writes an H.264 + AAC mp4 of uniform gray frames and a 440 Hz tone (no face
+  anywhere) to the given path and returns it."""
+  import subprocess
+  import imageio_ffmpeg
+
+  def write(path: Path, seconds: float = 1.0, fps: int = 15) -> Path:
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
+                    "-f", "lavfi", "-i", f"color=c=gray:s=160x120:r={fps}:d={seconds}",
+                    "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:d={seconds}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
+                    str(path)], check=True, capture_output=True)
+    return path
+  return write

@@ -4,7 +4,6 @@ and a clip with no face at all as bad input for every path that crops faces."""
 from __future__ import annotations
 
 import pickle
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -183,24 +182,13 @@ def test_detector_with_clones_survives_pickling(flv_frames):
   assert clone.detect(flv_frames[0]) == detector.detect(flv_frames[0])
 
 
-def _no_face_mp4(path: Path, seconds: float = 1.0, fps: int = 15) -> Path:
-  """An H.264 + AAC mp4 of uniform gray frames and a 440 Hz tone: no face anywhere."""
-  import imageio_ffmpeg
-  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
-                  "-f", "lavfi", "-i", f"color=c=gray:s=160x120:r={fps}:d={seconds}",
-                  "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:d={seconds}",
-                  "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-                  str(path)], check=True, capture_output=True)
-  return path
-
-
-def test_prepare_skips_a_take_without_a_face_and_audio_sets_ignore_faces(tmp_path):
+def test_prepare_skips_a_take_without_a_face_and_audio_sets_ignore_faces(tmp_path, no_face_mp4):
   """prepare's per-take work: every video set skips the take with the cause (the
   report lists it), and audio-only decoding does not look for faces."""
   from input_pipeline import clip as clip_lib
   from input_pipeline import features
   from input_pipeline.builders.work import Skip, Take, compute_example
-  mp4 = _no_face_mp4(tmp_path / "01-01-01-01-01-01-01.mp4")
+  mp4 = no_face_mp4(tmp_path / "01-01-01-01-01-01-01.mp4")
   n = len(media.read_video(mp4, max_side=clip_lib.VIDEO_MAX_SIDE)[0])
   searched = len(set(range(0, n, clip_lib.FACE_DETECT_EVERY)) | {n - 1})
   cause = f"no face found in any of {searched} frames searched (of {n})"

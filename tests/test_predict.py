@@ -287,28 +287,18 @@ def test_the_last_window_of_a_4_1_s_wav_ends_at_its_end(audio_model, tmp_path):
 
 # ------------------------------------------------------------------ no face, no guess
 
-def _no_face_mp4(path: Path, seconds: float = 1.0, fps: int = 15) -> Path:
-  """An H.264 + AAC mp4 of uniform gray frames and a 440 Hz tone: no face anywhere."""
-  import imageio_ffmpeg
-  subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error",
-                  "-f", "lavfi", "-i", f"color=c=gray:s=160x120:r={fps}:d={seconds}",
-                  "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:d={seconds}",
-                  "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest",
-                  str(path)], check=True, capture_output=True)
-  return path
 
-
-def test_cli_video_model_on_a_clip_without_a_face_stops_with_one_line(video_model, tmp_path):
-  mp4 = _no_face_mp4(tmp_path / "wall.mp4")
+def test_cli_video_model_on_a_clip_without_a_face_stops_with_one_line(video_model, tmp_path, no_face_mp4):
+  mp4 = no_face_mp4(tmp_path / "wall.mp4")
   out_json = tmp_path / "p.json"
   proc = _cli("predict", mp4, "--model", video_model, "--json", out_json)
   _one_line_error(proc, str(mp4), "no face found in any of")
   assert not out_json.exists()
 
 
-def test_audio_model_on_a_clip_without_a_face_ignores_the_video(audio_model, tmp_path):
+def test_audio_model_on_a_clip_without_a_face_ignores_the_video(audio_model, tmp_path, no_face_mp4):
   from avjax.serving.predict import predict_file
-  result = predict_file(str(_no_face_mp4(tmp_path / "wall.mp4")), str(audio_model))
+  result = predict_file(str(no_face_mp4(tmp_path / "wall.mp4")), str(audio_model))
   assert result.face_hit_rate is None  # No frame decoded, no face looked for.
   _check_probabilities(result, 1)
 

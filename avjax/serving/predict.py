@@ -151,19 +151,13 @@ def load_model(model_dir: str) -> artifact.ExportedModel:
 def _check_file(path: str) -> str:
   """Checked before the model is loaded (TensorFlow, seconds), so a mistyped
   name fails at once."""
-  from input_pipeline.errors import InputError  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
   if ext not in SUPPORTED_EXTENSIONS:
     raise UserError(f"{path}: unsupported file type {ext or '(none)'!r}; expected one of "
                     f"{', '.join(e[1:] for e in SUPPORTED_EXTENSIONS)}")
-  if not os.path.exists(path):
-    raise InputError(path, "file not found")
-  if not os.path.isfile(path):
-    raise InputError(path, "not a regular file")
-  if os.path.getsize(path) == 0:
-    raise InputError(path, "empty file (0 bytes)")
-  return path
+  from input_pipeline import media  # pylint: disable=g-import-not-at-top
+  return media.check_file(path)
 
 
 def predict_file(path: str, model: artifact.ExportedModel | str, *,
