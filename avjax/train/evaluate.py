@@ -176,7 +176,8 @@ def _finished_with(fold_dir: str, config: ml_collections.ConfigDict) -> bool:
   """A fold whose report exists and whose run had exactly this config is done:
   reading its report skips rebuilding data and model to re-evaluate it. Any
   other state (no report, a preempted run, a changed config) goes through
-  train_and_evaluate, which resumes or retrains."""
+  train_and_evaluate, which resumes the run, or refuses a fold whose checkpoints
+  belong to a run with other settings."""
   report, saved = os.path.join(fold_dir, REPORT), os.path.join(fold_dir, "config.json")
   if not (os.path.exists(report) and os.path.exists(saved)):
     return False
