@@ -104,9 +104,7 @@ def _prepare(dataset: str, manual_dir: str, data_dir: str, feature_set: str, *,
              beam_options: Mapping[str, str] | Sequence[str] | None) -> PrepareReport:
   manual_dir = os.path.abspath(os.fspath(manual_dir))
   data_dir = os.path.abspath(os.fspath(data_dir))
-  if not os.path.isdir(manual_dir):
-    raise InputError(manual_dir, "manual directory is a file, not a directory"
-                     if os.path.exists(manual_dir) else "manual directory does not exist")
+  base.check_manual_dir(manual_dir)
   try:
     builder = make_builder(dataset, data_dir, feature_set, manual_dir=manual_dir,
                            workers=workers, progress=progress)

@@ -153,11 +153,12 @@ RESUMABLE_FIELDS = (
     "model.conv_impl")
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """A nested config dict as {'a.b.c': value}."""
   if isinstance(tree, Mapping):
     out = {}
     for k, v in tree.items():
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(flat_config(v, f"{prefix}{k}."))
     return out
   return {prefix[:-1]: tree}
 
@@ -177,7 +178,7 @@ def _resumable(key: str) -> bool:
 def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   """`field: saved -> current` for every field outside RESUMABLE_FIELDS on which
   the checkpointed run's config and this one differ (both as `config_to_json`)."""
-  a, b = _flat(saved), _flat(current)
+  a, b = flat_config(saved), flat_config(current)
   return [f"{k}={a.get(k, '(unset)')!r} there, {b.get(k, '(unset)')!r} here"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not _resumable(k)]
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from avjax import models
 from avjax.errors import UserError
+from avjax.train import checkpoint
 
 # Data fields a branch inherits from its fusion run, so that both see the same fold.
 _SHARED_DATA_FIELDS = ("dataset", "data_dir", "protocol", "fold", "k", "allow_leaky",
@@ -80,18 +81,16 @@ def _check_same_split(name: str, path: str, config) -> None:
     return
   with open(cfg_path, encoding="utf-8") as f:
     saved = json.load(f)
-  mine = json.loads(config.to_json_best_effort())
+  theirs, ours = checkpoint.flat_config(saved), checkpoint.flat_config(
+      checkpoint.config_to_json(config))
   fields = ["data.dataset", "data.protocol", "data.fold", "data.k"]
-  if mine["data"].get("protocol") == "random_clip":  # The seed deals the clips.
+  if ours.get("data.protocol") == "random_clip":  # The seed deals the clips.
     fields.append("seed")
   for field in fields:
-    section, _, key = field.rpartition(".")
-    theirs = saved.get(section, {}) if section else saved
-    ours = mine.get(section, {}) if section else mine
-    if key in theirs and key in ours and theirs[key] != ours[key]:
+    if field in theirs and field in ours and theirs[field] != ours[field]:
       raise UserError(
           f"{path}: pretrained branch {name!r} was trained with {field}="
-          f"{theirs[key]!r} but this run uses {ours[key]!r}; use the branch "
+          f"{theirs[field]!r} but this run uses {ours[field]!r}; use the branch "
           "run of the same split (a `{fold}` in the workdir path is replaced by the fold)")
 
 
@@ -101,7 +100,6 @@ def _check_finished_branch(name: str, path: str, sub: ml_collections.ConfigDict)
   that trained on this fold's test actors."""
   with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
     saved = json.load(f)
-  from avjax.train import checkpoint  # pylint: disable=g-import-not-at-top
   conflicts = checkpoint.resume_conflicts(saved, checkpoint.config_to_json(sub))
   if conflicts:
     raise UserError(f"{path}: finished branch {name!r} is another run: "

@@ -173,10 +173,7 @@ class AvBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     which actors get a split, then the rest in actor order, so each split's
     generator finds its examples as they arrive instead of after the last clip."""
     manual_dir = os.fspath(dl_manager.manual_dir)
-    if not os.path.isdir(manual_dir):
-      raise InputError(manual_dir, "manual download directory is a file, not a directory"
-                       if os.path.exists(manual_dir) else
-                       "manual download directory does not exist")
+    check_manual_dir(manual_dir)
     found = self.discover(manual_dir)
     self.takes = list(found.takes)
     self.skipped.extend(found.skipped)
@@ -421,6 +418,13 @@ class ExampleStream:
     self._exit.close()
     if self._scratch:
       shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def check_manual_dir(manual_dir: str) -> None:
+  """The manual download directory must be one: a file or a typo says which."""
+  if not os.path.isdir(manual_dir):
+    raise InputError(manual_dir, "manual directory is a file, not a directory"
+                     if os.path.exists(manual_dir) else "manual directory does not exist")
 
 
 def probe_take(take: Take, modalities: Sequence[str]) -> Skip | None:
