@@ -8,7 +8,7 @@ DEMO_WORKDIR ?= demo_workdir
 # Parallel test workers; CI has 2 cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow venv ops clean
 
 venv: $(STAMP)
 
@@ -19,16 +19,23 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+# avjax/ops: oneDNN convolutions as XLA FFI targets. The build prints one line
+# and leaves no library when it cannot build; avjax then uses XLA's convs.
+OPS_LIB := avjax/ops/_onednn_conv.so
+ops: $(OPS_LIB)
+$(OPS_LIB): avjax/ops/onednn_conv.cc avjax/ops/build.py $(STAMP)
+	$(PY) -m avjax.ops.build
+
+demo: $(STAMP) $(OPS_LIB)
 	$(VENV)/bin/avjax demo --workdir $(DEMO_WORKDIR)
 
-test: $(STAMP)
+test: $(STAMP) $(OPS_LIB)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 # One process: the slow tests share one corpus and its feature sets through
 # module fixtures, which xdist workers would each build again.
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(OPS_LIB)
 	$(PY) -m pytest -m slow -p no:xdist --durations=0
 
 clean:
-	rm -rf $(VENV) $(DEMO_WORKDIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_WORKDIR) .pytest_cache $(OPS_LIB)

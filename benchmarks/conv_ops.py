@@ -7,12 +7,13 @@ power channels) and of FERCNN (Conv1D 256/128/64/64/32, k3, VALID on a
 (wgrad) with `impl='xla'` and `impl='cpu'`, alternating the two so both see the
 same machine load, and prints xla/cpu ratios (>1: the CPU path is faster).
 `--variants` also times formulations we tried and did not pick; `--onednn`
-adds a column for impl='onednn' (TensorFlow's oneDNN kernels via
-jax.pure_callback, avjax.layers.conv).
+adds a column for impl='onednn' (oneDNN called as an XLA custom call,
+avjax/ops) and, per layer, fwd+dgrad+wgrad of 'cpu' against 'onednn' and what
+'auto' picks: the measurements behind avjax.layers.conv.cpu_auto_impl.
 
   python benchmarks/conv_ops.py                 # batch 32, both nets
   python benchmarks/conv_ops.py --net video --batch 8 --variants
-  python benchmarks/conv_ops.py --net video --batch 8 --onednn
+  python benchmarks/conv_ops.py --net all --batch 32 --onednn --reps 2
   python benchmarks/conv_ops.py --smoke         # tiny shapes, seconds
 """
 
@@ -37,6 +38,12 @@ VIDEO = [
     ("conv3d 16->16", (30, 80, 70, 16), (3, 3, 3), 16, "SAME"),
     ("conv3d 16->32", (15, 40, 35, 16), (3, 3, 3), 32, "SAME"),
     ("conv3d 32->32", (15, 40, 35, 32), (3, 3, 3), 32, "SAME"),
+]
+# S1 audio net (sultana_audio defaults): Conv1D k5 SAME on mfcc (180, 20), pool 2.
+AUDIO = [
+    ("conv1d 20->64", (180, 20), (5,), 64, "SAME"),
+    ("conv1d 64->128", (90, 64), (5,), 128, "SAME"),
+    ("conv1d 128->128", (45, 128), (5,), 128, "SAME"),
 ]
 FERCNN = [
     ("conv1d 1->256", (162, 1), (3,), 256, "VALID"),
@@ -143,11 +150,17 @@ def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants, o
       for f, t in zip(fns, ts):
         t.append(_timeit(f, (x, w, g), 2))
     tx, tc = min(ts[0]), min(ts[1])
-    rows.append((op, tx, tc))
-    extra = (f"   onednn {min(ts[2]) * 1e3:9.2f} ms  xla/onednn {tx / min(ts[2]):5.2f}x"
-             if dnn else "")
+    td = min(ts[2]) if dnn else float("nan")
+    rows.append((op, tx, tc, td))
+    extra = (f"   onednn {td * 1e3:9.2f} ms  cpu/onednn {tc / td:5.2f}x" if dnn else "")
     print(f"  {name:18s} {op:6s} xla {tx * 1e3:9.2f} ms   cpu-path {tc * 1e3:9.2f} ms"
           f"   xla/cpu {tx / tc:5.2f}x{extra}", flush=True)
+  if dnn:
+    total = [sum(r[i] for r in rows) for i in (2, 3)]
+    auto = conv_lib.cpu_auto_impl(x.shape, w.shape, (1,) * len(ksize), x.dtype)
+    print(f"  {name:18s} all3   cpu-path {total[0] * 1e3:9.2f} ms   onednn "
+          f"{total[1] * 1e3:9.2f} ms   cpu/onednn {total[0] / total[1]:5.2f}x   "
+          f"auto picks {auto}", flush=True)
   if variants:
     for vname, (op, settings) in _variants(ksize, padding).items():
       base = dict((r[0], r[1]) for r in rows)[op]
@@ -162,14 +175,14 @@ def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants, o
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--net", choices=("video", "fercnn", "onn", "both"), default="both",
-                      help="'both': video and fercnn")
+  parser.add_argument("--net", choices=("video", "audio", "fercnn", "onn", "both", "all"),
+                      default="both", help="'both': video and fercnn")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--variants", action="store_true",
                       help="also time the formulations we tried and did not pick")
   parser.add_argument("--onednn", action="store_true",
-                      help="also time impl='onednn' (TF's oneDNN kernels via pure_callback)")
+                      help="also time impl='onednn' (oneDNN as XLA custom calls, avjax/ops)")
   parser.add_argument("--smoke", action="store_true", help="tiny shapes, 1 rep")
   args = parser.parse_args(argv)
 
@@ -177,20 +190,25 @@ def main(argv=None):
     nets = {"smoke": SMOKE}
     args.batch, args.reps = 2, 1
   else:
-    nets = {k: v for k, v in (("video", VIDEO), ("fercnn", FERCNN), ("onn", ONN))
-            if args.net == k or (args.net == "both" and k != "onn")}
+    nets = {k: v for k, v in (("video", VIDEO), ("audio", AUDIO), ("fercnn", FERCNN),
+                              ("onn", ONN))
+            if args.net in (k, "all") or (args.net == "both" and k in ("video", "fercnn"))}
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"devices {jax.devices()}, batch {args.batch}", flush=True)
   for net, layers in nets.items():
     print(f"{net}:", flush=True)
-    totals = {"xla": 0.0, "cpu": 0.0}
+    totals = {"xla": 0.0, "cpu": 0.0, "onednn": 0.0}
     for layer in layers:
-      for op, tx, tc in bench_layer(*layer, args.batch, args.reps, args.variants,
-                                    args.onednn):
+      for op, tx, tc, td in bench_layer(*layer, args.batch, args.reps, args.variants,
+                                        args.onednn):
         totals["xla"] += tx
         totals["cpu"] += tc
+        totals["onednn"] += td
+    extra = (f", onednn {totals['onednn']:.3f} s, cpu/onednn "
+             f"{totals['cpu'] / totals['onednn']:.2f}x" if args.onednn else "")
     print(f"  {net} all layers, fwd+dgrad+wgrad: xla {totals['xla']:.3f} s, cpu-path "
-          f"{totals['cpu']:.3f} s, xla/cpu {totals['xla'] / totals['cpu']:.2f}x", flush=True)
+          f"{totals['cpu']:.3f} s, xla/cpu {totals['xla'] / totals['cpu']:.2f}x{extra}",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -202,7 +202,15 @@ def test_max_pool_overlapping_windows_fall_back():
 
 
 # ---------------------------------------------------------------- impl='onednn'
-# TensorFlow's CPU conv kernels through jax.pure_callback: the same function too.
+# oneDNN through XLA FFI custom calls (avjax/ops): the same function too, under
+# jit, vmap and 8-device sharding. `make test` builds the extension; these
+# tests fail (not skip) when it is missing, so a broken build shows.
+
+
+def _ffi_targets(fn, *args) -> set[str]:
+  hlo = jax.jit(fn).lower(*args).as_text()
+  return {t for t in ("avjax_onednn_conv_forward", "avjax_onednn_conv_backward_data",
+                      "avjax_onednn_conv_backward_weights") if t in hlo}
 
 
 @pytest.mark.parametrize("spatial,ksize,cin,cout,strides,padding,dilation", CASES)
@@ -213,54 +221,83 @@ def test_onednn_path_matches_xla(spatial, ksize, cin, cout, strides, padding, di
   assert got[0].shape == ref[0].shape
   for a, b in zip(got, ref):
     _close(a, b)
+  # All three passes are oneDNN calls, except with negative padding ('cpu').
+  loss = lambda a, b: jnp.sum(jnp.sin(conv_nd(a, b, strides, padding, dilation,
+                                              impl="onednn")))
+  targets = _ffi_targets(jax.grad(loss, argnums=(0, 1)), x, w)
+  negative = not isinstance(padding, str) and min(min(p) for p in padding) < 0
+  assert len(targets) == (0 if negative else 3)
 
 
-def test_onednn_is_opt_in_and_float32_only():
-  """'auto' never picks it (no host callback in exports); bf16 takes 'cpu'."""
-  assert resolve_impl("auto") != "onednn"
+def test_onednn_dtypes():
+  """bf16 runs in oneDNN where it has bf16 kernels; float16 takes 'cpu'."""
+  from avjax.ops import onednn
   x, w = _inputs((5, 6, 5), (3, 3, 3), 2, 3)
-  f32 = jax.make_jaxpr(lambda a, b: conv_nd(a, b, impl="onednn"))(x, w)
-  assert "pure_callback" in str(f32)
-  bf16 = jax.make_jaxpr(lambda a, b: conv_nd(a, b, impl="onednn"))(
-      x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
-  assert "pure_callback" not in str(bf16)
+  fwd = lambda a, b: conv_nd(a, b, impl="onednn")
+  assert _ffi_targets(fwd, x, w) == {"avjax_onednn_conv_forward"}
+  half = x.astype(jnp.float16), w.astype(jnp.float16)
+  assert not _ffi_targets(fwd, *half)
+  bf = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  assert bool(_ffi_targets(fwd, *bf)) == onednn.has_bf16()
+
+  def run(impl, a, b):
+    f = lambda a_, b_: jnp.sum(jnp.sin(conv_nd(a_, b_, impl=impl).astype(jnp.float32)))
+    return (jax.jit(lambda a_, b_: conv_nd(a_, b_, impl=impl))(a, b),
+            *jax.jit(jax.grad(f, argnums=(0, 1)))(a, b))
+  for got, ref in zip(run("onednn", *bf), run("xla", x, w)):
+    assert got.dtype == jnp.bfloat16
+    # bf16 has an 8-bit mantissa: a few 1e-2 error is expected.
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref), rtol=5e-2,
+                               atol=5e-2)
 
 
-def test_onednn_under_vmap_matches_xla():
-  """vmap_method='sequential': one TF call per mapped kernel, same values."""
-  x, _ = _inputs((5, 6), (3, 3), 2, 3)
-  ws = np.random.default_rng(6).standard_normal((3, 3, 3, 2, 3)).astype(np.float32)
-  run = lambda impl: jax.jit(jax.vmap(
-      lambda w_: jax.grad(lambda a, b: jnp.sum(jnp.sin(conv_nd(a, b, impl=impl))),
-                          argnums=(0, 1))(x, w_)))(ws)
+@pytest.mark.parametrize("mapped_kernel", [False, True])
+def test_onednn_under_vmap_matches_xla(mapped_kernel):
+  """Unmapped kernels fold the vmap axis into the batch; mapped ones loop."""
+  x = np.random.default_rng(6).standard_normal((3, 2, 5, 6, 2)).astype(np.float32)
+  ws = np.random.default_rng(7).standard_normal((3, 3, 3, 2, 4)).astype(np.float32)
+  w_axis = 0 if mapped_kernel else None
+  w = ws if mapped_kernel else ws[0]
+
+  def run(impl):
+    f = lambda a, b: jax.grad(lambda a_, b_: jnp.sum(jnp.sin(conv_nd(a_, b_, 2, impl=impl))),
+                              argnums=(0, 1))(a, b)
+    y = jax.jit(jax.vmap(lambda a, b: conv_nd(a, b, 2, impl=impl), (0, w_axis)))(x, w)
+    return (y, *jax.jit(jax.vmap(f, (0, w_axis)))(x, w))
   for a, b in zip(run("onednn"), run("xla")):
     _close(a, b)
 
 
 def test_onednn_with_sharded_batch_on_8_devices():
-  """Under jit with the batch sharded over the (simulated) devices XLA gathers the
-  operands to one device and calls TF once on the whole array: values match
-  plain XLA; inside shard_map each device calls TF on its own shard."""
+  """Under jit with the batch sharded over the (simulated) devices, each device
+  runs oneDNN on its own shard (no gather): values and gradients match XLA."""
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   devices = jax.devices()
   if len(devices) < 2:
     pytest.skip("needs several (simulated) devices; conftest asks for 8")
   mesh = Mesh(np.array(devices), ("data",))
-  x, w = _inputs((5, 6, 7), (3, 3, 3), 3, 4, batch=len(devices))
+  x, w = _inputs((5, 6, 7), (3, 3, 3), 3, 4, batch=2 * len(devices))
   xs = jax.device_put(x, NamedSharding(mesh, P("data")))
   ws = jax.device_put(w, NamedSharding(mesh, P()))
 
   def value_and_grads(impl):
-    f = lambda a, b: jnp.sum(jnp.sin(conv_nd(a, b, impl=impl)))
-    return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(xs, ws)
-  (ref, ref_g), (got, got_g) = value_and_grads("xla"), value_and_grads("onednn")
+    f = lambda a, b: jnp.sum(jnp.sin(conv_nd(a, b, 2, impl=impl)))
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+  (ref, ref_g) = value_and_grads("xla")(xs, ws)
+  step = value_and_grads("onednn")
+  got, got_g = step(xs, ws)
   _close(got, ref)
   for a, b in zip(got_g, ref_g):
     _close(a, b)
-  per_shard = jax.jit(jax.shard_map(lambda a, b: conv_nd(a, b, impl="onednn"), mesh=mesh,
-                                    in_specs=(P("data"), P()), out_specs=P("data")))(xs, ws)
-  _close(per_shard, jax.jit(lambda a, b: conv_nd(a, b, impl="xla"))(xs, ws))
-  assert per_shard.sharding.spec == P("data")
+  assert got_g[0].sharding.spec == P("data")
+  # Each device's custom calls see its own 2-sample shard, never the whole batch.
+  hlo = step.lower(xs, ws).compile().as_text()
+  calls = [line for line in hlo.splitlines() if "custom_call_target=\"avjax_onednn" in line]
+  assert len(calls) == 3
+  assert all("f32[2,5,6,7,3]" in line for line in calls if "backward_data" not in line)
+  y = jax.jit(lambda a, b: conv_nd(a, b, impl="onednn"))(xs, ws)
+  assert y.sharding.spec == P("data")
+  _close(y, jax.jit(lambda a, b: conv_nd(a, b, impl="xla"))(xs, ws))
 
 
 def test_max_pool_onednn_takes_the_cpu_backward():

@@ -27,15 +27,12 @@ formulations stay available (and tested) through `_CPU_FORWARD`/`_CPU_WGRAD`.
 On TPU and GPU (`impl='auto'`) nothing changes: `lax.conv_general_dilated`.
 `benchmarks/conv_ops.py` measures each pass against plain XLA.
 
-impl='onednn' (opt-in, CPU only, float32) runs the three passes in
-TensorFlow's oneDNN convolution kernels through `jax.pure_callback` inside the
-same kind of custom_vjp. Per 3D pass at the S1 video shapes it is 2-4x faster
-than the 'cpu' path, but a whole train step gains much less (host-callback
-copies, and the rest of the step), small convolutions lose (~0.6 ms per call:
-the S1 audio demo step is 2x slower), it cannot be serialised by `jax.export`,
-and with sharded operands under jit XLA gathers them to one device for the
-call. So 'auto' never picks it; see the section below and
-benchmarks/README.md (train_step).
+impl='onednn' runs the three passes in oneDNN (the kernels Keras and PyTorch
+use on CPU) as XLA custom calls through the typed FFI (avjax/ops, built by
+`make`): no host callback, no copies, exportable only to hosts that register
+the same targets. On CPU, 'auto' picks 'onednn' or the 'cpu' path per layer
+shape (`cpu_auto_impl`, from benchmarks/conv_ops.py). If the extension is not
+built, one warning and the 'cpu' path.
 """
 
 from __future__ import annotations
@@ -336,107 +333,39 @@ _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 
 
 # ------------------------------------------------------------------ onednn
-# impl='onednn': the three passes run in TensorFlow's CPU convolution kernels
-# (oneDNN; tensorflow-cpu is already an avjax dependency, for the SavedModel)
-# through `jax.pure_callback` inside a custom_vjp. Opt-in only, never chosen by
-# 'auto': a host callback cannot be serialised by `jax.export`; under jit with
-# operands sharded over several devices XLA gathers them to device 0, calls TF
-# once on the whole array and returns a replicated result (right, but serial;
-# inside shard_map each device calls TF on its shard); every call copies its
-# output into an XLA buffer and costs ~0.6 ms, so small convolutions get slower;
-# and it pulls TensorFlow into the process. Float32 only; other dtypes take the
-# 'cpu' path. The weight gradient is called before the input gradient, with an
-# optimization barrier between them, so the two TF calls never overlap on the
-# same cores (the first layer's unused input gradient is still dropped).
-
-_TF = None
+# impl='onednn': the three passes are XLA custom calls into oneDNN (typed FFI,
+# avjax/ops): oneDNN's JIT kernels, the ones Keras and PyTorch run on CPU,
+# reading and writing XLA's own buffers. Float32, and bfloat16 where oneDNN
+# has a bf16 kernel for this CPU; other dtypes and negative padding take the
+# 'cpu' path. If the extension is not built or does not load, one warning and
+# the 'cpu' path. Batch-sharded operands stay sharded (custom_partitioning,
+# avjax.ops.onednn); vmap folds into the batch. Not twice differentiable: the
+# backward passes are custom calls without derivatives of their own.
+#
+# The weight gradient runs before the input gradient with an optimization
+# barrier between them: two oneDNN OpenMP teams at once on the same cores
+# were slower than one after the other.
 _ONEDNN_SERIAL = True
 
 
-def _tf():
-  """TensorFlow, imported on first use: ~3 s and a few hundred MB."""
-  global _TF
-  if _TF is None:
-    import os  # pylint: disable=g-import-not-at-top
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    _TF = tf
-  return _TF
+# 'auto' on the CPU backend, per layer: 'onednn' or 'cpu', from
+# benchmarks/conv_ops.py (fwd + dgrad + wgrad of every conv layer of the four
+# benchmark nets, both impls in one run). PLACEHOLDER until measured.
+def cpu_auto_impl(x_shape, w_shape, strides, dtype) -> str:
+  """What 'auto' runs on CPU for one convolution: see the table above."""
+  del x_shape, w_shape, strides
+  return "onednn" if onednn_supports(dtype) else "cpu"
 
 
-def _tf_ops(n: int):
-  """(forward, input-grad, weight-grad) raw ops for an n-D conv; 1D runs as
-  2D with a unit height (TF's own conv1d does the same)."""
-  tf = _tf()
-  if n == 3:
-    return (tf.raw_ops.Conv3D, tf.raw_ops.Conv3DBackpropInputV2,
-            tf.raw_ops.Conv3DBackpropFilterV2)
-  return tf.raw_ops.Conv2D, tf.raw_ops.Conv2DBackpropInput, tf.raw_ops.Conv2DBackpropFilter
-
-
-def _tf_attrs(strides, dilation):
-  n = max(len(strides), 2)
-  pad = (1,) * (n - len(strides))
-  return {"strides": [1, *pad, *strides, 1], "dilations": [1, *pad, *dilation, 1],
-          "padding": "VALID"}
-
-
-def _to_tf(a):
-  """A jax CPU array as a TF tensor without a copy (DLPack); converting the
-  numpy view copies, ~0.1 s per 344 MB activation of the S1 video net."""
-  tf = _tf()
-  if hasattr(a, "__dlpack__"):
-    try:
-      return tf.experimental.dlpack.from_dlpack(a.__dlpack__())
-    except Exception:  # pylint: disable=broad-except
-      pass  # E.g. a dtype or layout DLPack cannot carry: copy instead.
-  return tf.convert_to_tensor(np.asarray(a))
-
-
-def _tf_fwd_cb(strides, dilation):
-  n = len(strides)
-
-  def cb(xp, w):
-    xp, w = _to_tf(xp), _to_tf(w)
-    if n == 1:
-      xp, w = xp[:, None], w[None]
-    y = _tf_ops(n)[0](input=xp, filter=w, **_tf_attrs(strides, dilation)).numpy()
-    return y[:, 0] if n == 1 else y
-  return cb
-
-
-def _tf_dgrad_cb(strides, dilation, in_shape):
-  n = len(strides)
-
-  def cb(w, g):
-    w, g = _to_tf(w), _to_tf(g)
-    shape = in_shape
-    if n == 1:
-      w, g, shape = w[None], g[:, None], (shape[0], 1, *shape[1:])
-    dx = _tf_ops(n)[1](input_sizes=np.asarray(shape, np.int32), filter=w, out_backprop=g,
-                       **_tf_attrs(strides, dilation)).numpy()
-    return dx[:, 0] if n == 1 else dx
-  return cb
-
-
-def _tf_wgrad_cb(strides, dilation, w_shape):
-  n = len(strides)
-
-  def cb(xp, g):
-    xp, g = _to_tf(xp), _to_tf(g)
-    shape = w_shape
-    if n == 1:
-      xp, g, shape = xp[:, None], g[:, None], (1, *shape)
-    dw = _tf_ops(n)[2](input=xp, filter_sizes=np.asarray(shape, np.int32), out_backprop=g,
-                       **_tf_attrs(strides, dilation)).numpy()
-    return dw[0] if n == 1 else dw
-  return cb
-
-
-def _callback(fn, shape, dtype, *args):
-  # 'sequential': under vmap, one TF call per mapped element (always right).
-  return jax.pure_callback(fn, jax.ShapeDtypeStruct(tuple(shape), dtype), *args,
-                           vmap_method="sequential")
+def onednn_supports(dtype) -> bool:
+  """Whether impl='onednn' runs this dtype here (loads the extension once)."""
+  from avjax.ops import onednn  # pylint: disable=g-import-not-at-top
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.float32:
+    return onednn.available()
+  if dtype == jnp.bfloat16:
+    return onednn.available() and onednn.has_bf16()
+  return False
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -445,22 +374,18 @@ def _onednn_conv(x, w, strides, pads, dilation):
 
 
 def _onednn_conv_fwd(x, w, strides, pads, dilation):
-  xp = _pad_spatial(x, pads)
-  out_spatial = _out_shape(xp.shape[1:-1], w.shape[:-2], strides, dilation)
-  y = _callback(_tf_fwd_cb(strides, dilation), (x.shape[0], *out_spatial, w.shape[-1]),
-                x.dtype, xp, w)
-  return y, (x, w)
+  from avjax.ops import onednn  # pylint: disable=g-import-not-at-top
+  return onednn.forward(x, w, strides, dilation, pads), (x, w)
 
 
 def _onednn_conv_bwd(strides, pads, dilation, res, g):
+  from avjax.ops import onednn  # pylint: disable=g-import-not-at-top
   x, w = res
-  xp = _pad_spatial(x, pads)
   g = g.astype(x.dtype)
-  dw = _callback(_tf_wgrad_cb(strides, dilation, w.shape), w.shape, w.dtype, xp, g)
+  dw = onednn.backward_weights(x, g, w.shape, strides, dilation, pads)
   if _ONEDNN_SERIAL:
     w, g, _ = lax.optimization_barrier((w, g, dw))
-  dxp = _callback(_tf_dgrad_cb(strides, dilation, xp.shape), xp.shape, x.dtype, w, g)
-  dx = _pad_spatial(dxp, tuple((-lo, -hi) for lo, hi in pads))
+  dx = onednn.backward_data(w, g, x.shape, strides, dilation, pads)
   return dx, dw
 
 
@@ -484,9 +409,13 @@ def conv_nd(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
   strides = _tuple(strides, n, "strides")
   dilation = _tuple(dilation, n, "dilation")
   pads = explicit_padding(padding, x.shape[1:-1], kernel.shape[:n], strides, dilation)
+  auto = impl == "auto"
   impl = resolve_impl(impl)
+  if auto and impl == "cpu":
+    impl = cpu_auto_impl(x.shape, kernel.shape, strides, x.dtype)
   if impl == "onednn":
-    if x.dtype == jnp.float32 and kernel.dtype == jnp.float32:
+    if (x.dtype == kernel.dtype and min(min(p) for p in pads) >= 0
+        and onednn_supports(x.dtype)):
       return _onednn_conv(x, kernel, strides, pads, dilation)
     impl = "cpu"
   plain_on_cpu = _CPU_FORWARD[n] == "xla" and _CPU_WGRAD[n] == "xla"
@@ -507,10 +436,10 @@ class Conv(nn.Module):
     strides, kernel_dilation: ints or per-axis tuples.
     padding: 'SAME', 'VALID' or a sequence of (low, high) pairs.
     impl: 'auto' (by backend), 'xla' (plain `lax.conv_general_dilated`),
-      'cpu' (the CPU formulation on any backend, e.g. in tests; for 1D/2D that
-      is plain XLA unless `_CPU_FORWARD`/`_CPU_WGRAD` say otherwise) or
-      'onednn' (TensorFlow's CPU kernels via a host callback; opt-in, float32,
-      not exportable).
+      'cpu' (the pure-XLA CPU formulation on any backend, e.g. in tests and
+      portable exports; for 1D/2D that is plain XLA unless
+      `_CPU_FORWARD`/`_CPU_WGRAD` say otherwise) or 'onednn' (oneDNN as XLA
+      custom calls, CPU only; float32, bfloat16 where the CPU has it).
   """
   features: int
   kernel_size: Sequence[int]

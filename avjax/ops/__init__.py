@@ -1,0 +1,1 @@
+"""Native kernels avjax calls through XLA's FFI (built by `make venv`)."""

@@ -1,0 +1,287 @@
+"""oneDNN convolutions as XLA:CPU custom calls (typed FFI): the Python side.
+
+`available()` loads avjax/ops/_onednn_conv.so (built by avjax/ops/build.py
+against the pinned onednn-cpu-gomp) and registers its three targets with
+XLA; if that fails it warns once and returns False, and avjax.layers.conv
+keeps its XLA convolutions. `forward`, `backward_data` and `backward_weights`
+are the raw passes on XLA's own layouts (x (B, *S, C), w (*K, C, O)): no
+padded copies, oneDNN writes the result buffer.
+
+Under vmap the targets get `expand_dims` operands; the C++ side folds the
+mapped dims into the batch when the weights are unmapped, else loops.
+Under jit with operands sharded over several devices each pass is a
+`custom_partitioning` op: the batch axis stays sharded, each device runs
+oneDNN on its shard, and the weight gradient is summed over the batch axes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LIBRARY = os.path.join(HERE, "_onednn_conv.so")
+TARGETS = {"forward": "avjax_onednn_conv_forward",
+           "backward_data": "avjax_onednn_conv_backward_data",
+           "backward_weights": "avjax_onednn_conv_backward_weights"}
+_SYMBOLS = {"forward": "AvjaxOnednnConvForward",
+            "backward_data": "AvjaxOnednnConvBackwardData",
+            "backward_weights": "AvjaxOnednnConvBackwardWeights"}
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _load() -> ctypes.CDLL:
+  # libdnnl first, by path: the extension's rpath names the venv that built it.
+  dnnl = os.path.join(sys.prefix, "lib", "libdnnl.so.3")
+  if os.path.exists(dnnl):
+    ctypes.CDLL(dnnl, mode=ctypes.RTLD_GLOBAL)
+  if not os.path.exists(LIBRARY):
+    raise OSError(f"{LIBRARY} is missing (build it: make ops, or "
+                  "python -m avjax.ops.build)")
+  lib = ctypes.CDLL(LIBRARY)
+  lib.avjax_onednn_version.restype = ctypes.c_int
+  lib.avjax_onednn_set_threads.argtypes = [ctypes.c_int]
+  lib.avjax_onednn_impl.restype = ctypes.c_int
+  lib.avjax_onednn_impl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                    ctypes.POINTER(ctypes.c_int64),
+                                    ctypes.c_char_p, ctypes.c_int]
+  for key, symbol in _SYMBOLS.items():
+    jax.ffi.register_ffi_target(TARGETS[key], jax.ffi.pycapsule(getattr(lib, symbol)),
+                                platform="cpu")
+  threads = os.environ.get("AVJAX_ONEDNN_THREADS")
+  if threads:
+    lib.avjax_onednn_set_threads(int(threads))
+  return lib
+
+
+def available() -> bool:
+  """True once the targets are registered; on failure one warning, then False."""
+  with _lock:
+    if "ok" not in _state:
+      try:
+        _state["lib"] = _load()
+        _state["ok"] = True
+      except (OSError, AttributeError, ValueError) as e:
+        _state["ok"] = False
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        warnings.warn(f"avjax: oneDNN convolutions unavailable ({first}); "
+                      "using XLA's convolutions", RuntimeWarning, stacklevel=3)
+    return _state["ok"]
+
+
+def version() -> str:
+  v = _state["lib"].avjax_onednn_version() if available() else 0
+  return f"{v // 10000}.{v // 100 % 100}.{v % 100}" if v else "unavailable"
+
+
+def impl_name(pass_: str, x_shape, w_shape, strides, dilation, pads,
+              dtype=jnp.float32) -> str:
+  """The oneDNN implementation chosen for one pass, e.g. 'brg:avx512_core'."""
+  if not available():
+    return "unavailable"
+  n = len(w_shape) - 2
+  out = out_spatial(x_shape[1:-1], w_shape[:n], strides, dilation, pads)
+  dims = [x_shape[0], x_shape[-1], w_shape[-1], *x_shape[1:-1], *w_shape[:n], *out,
+          *strides, *dilation, *(lo for lo, _ in pads), *(hi for _, hi in pads)]
+  buf = ctypes.create_string_buffer(256)
+  arr = (ctypes.c_int64 * len(dims))(*dims)
+  code = {"forward": 0, "backward_data": 1, "backward_weights": 2}[pass_]
+  size = _state["lib"].avjax_onednn_impl(code, int(np.dtype(dtype) == jnp.bfloat16),
+                                         n, arr, buf, len(buf))
+  return buf.value.decode() if size >= 0 else "unsupported"
+
+
+def has_bf16() -> bool:
+  """Whether oneDNN has bfloat16 convolution kernels on this CPU."""
+  if "bf16" not in _state:
+    _state["bf16"] = all(
+        impl_name(p, (1, 4, 4, 16), (3, 3, 16, 16), (1, 1), (1, 1), ((1, 1), (1, 1)),
+                  jnp.bfloat16) not in ("unsupported", "unavailable")
+        for p in ("forward", "backward_data", "backward_weights"))
+  return _state["bf16"]
+
+
+def out_spatial(in_spatial, ksize, strides, dilation, pads) -> tuple[int, ...]:
+  return tuple((size + lo + hi - (k - 1) * r - 1) // s + 1
+               for size, k, s, r, (lo, hi) in zip(in_spatial, ksize, strides,
+                                                   dilation, pads))
+
+
+def _attrs(strides, dilation, pads):
+  return {"strides": np.asarray(strides, np.int64),
+          "dilation": np.asarray(dilation, np.int64),
+          "pad_lo": np.asarray([lo for lo, _ in pads], np.int64),
+          "pad_hi": np.asarray([hi for _, hi in pads], np.int64)}
+
+
+def _call(key, shape, dtype, a, b, strides, dilation, pads):
+  return jax.ffi.ffi_call(TARGETS[key], jax.ShapeDtypeStruct(tuple(shape), dtype),
+                          vmap_method="expand_dims")(
+                              a, b, **_attrs(strides, dilation, pads))
+
+
+# ------------------------------------------------------------- partitioning
+# Batch-sharded operands: every device runs its shard; all other dims are
+# gathered. The partitioner hands us the operands' shardings.
+
+
+def _batch_spec(sharding, ndim):
+  """The mesh axes of dim 0 in a NamedSharding (None: unsharded)."""
+  spec = getattr(sharding, "spec", None)
+  if spec is None or len(spec) == 0:
+    return None
+  return spec[0]
+
+
+def _axes(entry) -> tuple[str, ...]:
+  if entry is None:
+    return ()
+  return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+
+
+def _named(mesh, *spec):
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def _rule(n: int, pass_: str) -> str:
+  """Shardy rule: only the batch factor 'b' may stay sharded."""
+  sp_in = " ".join(f"i{k}" for k in range(n))
+  sp_out = " ".join(f"o{k}" for k in range(n))
+  ker = " ".join(f"k{k}" for k in range(n))
+  x, w, y = f"b {sp_in} c", f"{ker} c f", f"b {sp_out} f"
+  if pass_ == "forward":
+    return f"{x}, {w} -> {y}"
+  if pass_ == "backward_data":
+    return f"{w}, {y} -> {x}"
+  return f"{x}, {y} -> {w}"
+
+
+@functools.lru_cache(maxsize=None)
+def _partitioned(pass_: str, n: int, strides, dilation, pads):
+  """The pass as a custom_partitioning op for one static configuration."""
+  from jax.experimental.custom_partitioning import custom_partitioning  # pylint: disable=g-import-not-at-top
+
+  def local(a, b, shape):
+    return _call(pass_, shape, a.dtype, a, b, strides, dilation, pads)
+
+  def result_shape(a_shape, b_shape):
+    if pass_ == "forward":  # a: x, b: w
+      return (a_shape[0], *out_spatial(a_shape[1:-1], b_shape[:n], strides, dilation,
+                                       pads), b_shape[-1])
+    if pass_ == "backward_data":  # a: w, b: dy; the input shape is static
+      raise AssertionError("backward_data passes its shape statically")
+    return None
+
+  @functools.partial(custom_partitioning, static_argnums=(2,))
+  def op(a, b, shape):
+    return local(a, b, shape)
+
+  data_arg = 1 if pass_ == "backward_data" else 0  # The batched operand.
+  weights_arg = 1 - data_arg if pass_ != "backward_weights" else None
+
+  def shardings(mesh, arg_shapes):
+    batch = _batch_spec(arg_shapes[data_arg].sharding, len(arg_shapes[data_arg].shape))
+    args = [None, None]
+    for i, s in enumerate(arg_shapes):
+      args[i] = _named(mesh) if i == weights_arg else _named(
+          mesh, batch, *([None] * (len(s.shape) - 1)))
+    return batch, args
+
+  def infer(shape, mesh, arg_shapes, result_shape_):
+    batch, _ = shardings(mesh, arg_shapes)
+    if pass_ == "backward_weights":
+      return _named(mesh)
+    return _named(mesh, batch, *([None] * (len(result_shape_.shape) - 1)))
+
+  def partition(shape, mesh, arg_shapes, result_shape_):
+    batch, args = shardings(mesh, arg_shapes)
+    axes = _axes(batch)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if pass_ == "backward_weights":
+      def lower(a, b):
+        dw = local(a, b, shape)
+        return jax.lax.psum(dw, axes) if axes else dw
+      return mesh, lower, _named(mesh), tuple(args)
+    local_shape = (shape[0] // size, *shape[1:])
+
+    def lower(a, b):
+      return local(a, b, local_shape)
+    return (mesh, lower, _named(mesh, batch, *([None] * (len(shape) - 1))),
+            tuple(args))
+
+  rule = _rule(n, pass_)
+  order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
+  op.def_partition(infer_sharding_from_operands=infer, partition=partition,
+                   sharding_rule=rule,
+                   reduction_factors=("b",) if pass_ == "backward_weights" else (),
+                   need_replication_factors=tuple(f for f in order if f != "b"))
+  del result_shape
+  return op
+
+
+@functools.lru_cache(maxsize=None)
+def _batchable(pass_: str, n: int, strides, dilation, pads, shape):
+  """The partitioned op with a vmap rule (custom_partitioning has none):
+  unmapped weights fold the mapped axis into the batch, one call; otherwise
+  (mapped weights, or a weight gradient) one call per mapped element."""
+  part = _partitioned(pass_, n, strides, dilation, pads)
+
+  @jax.custom_batching.custom_vmap
+  def op(a, b):
+    return part(a, b, shape)
+
+  @op.def_vmap
+  def rule(axis_size, in_batched, a, b):
+    a_mapped, b_mapped = in_batched
+    data_mapped, weights_mapped = ((b_mapped, a_mapped) if pass_ == "backward_data"
+                                   else (a_mapped, b_mapped))
+    if pass_ != "backward_weights" and not weights_mapped:
+      d = b if pass_ == "backward_data" else a
+      folded = d.reshape(axis_size * d.shape[1], *d.shape[2:])
+      inner = _batchable(pass_, n, strides, dilation, pads,
+                         (axis_size * shape[0], *shape[1:]))
+      y = inner(a, folded) if pass_ == "backward_data" else inner(folded, b)
+      return y.reshape(axis_size, shape[0], *y.shape[1:]), True
+    a = a if a_mapped else jnp.broadcast_to(a, (axis_size, *a.shape))
+    b = b if b_mapped else jnp.broadcast_to(b, (axis_size, *b.shape))
+    del data_mapped
+    return jax.lax.map(lambda ab: op(*ab), (a, b)), True
+
+  return op
+
+
+def _dispatch(pass_, shape, a, b, strides, dilation, pads):
+  if not available():
+    raise RuntimeError("avjax's oneDNN convolution extension is not loaded")
+  n = len(strides)
+  key = (tuple(strides), tuple(dilation), tuple(tuple(p) for p in pads))
+  return _batchable(pass_, n, *key, tuple(shape))(a, b)
+
+
+def forward(x, w, strides: Sequence[int], dilation: Sequence[int], pads):
+  """y = conv(x, w), x (B, *S, C), w (*K, C, O), explicit (lo, hi) pads."""
+  n = w.ndim - 2
+  shape = (x.shape[0], *out_spatial(x.shape[1:-1], w.shape[:n], strides, dilation, pads),
+           w.shape[-1])
+  return _dispatch("forward", shape, x, w, strides, dilation, pads)
+
+
+def backward_data(w, g, x_shape, strides, dilation, pads):
+  """dx for y = conv(x, w), given dy = g."""
+  return _dispatch("backward_data", x_shape, w, g, strides, dilation, pads)
+
+
+def backward_weights(x, g, w_shape, strides, dilation, pads):
+  """dw for y = conv(x, w), given dy = g."""
+  return _dispatch("backward_weights", w_shape, x, g, strides, dilation, pads)
