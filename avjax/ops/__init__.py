@@ -1,1 +1,1 @@
-"""Native kernels avjax calls through XLA's FFI (built by `make venv`)."""
+"""Native kernels avjax calls through XLA's FFI (`make ops`; `make test` and `make demo` build them)."""

@@ -20,8 +20,8 @@ import ctypes
 import functools
 import os
 import sys
+import logging
 import threading
-import warnings
 from collections.abc import Sequence
 
 import jax
@@ -66,7 +66,8 @@ def _load() -> ctypes.CDLL:
 
 
 def available() -> bool:
-  """True once the targets are registered; on failure one warning, then False."""
+  """True once the targets are registered; on failure one warning line (the
+  first call only), then False."""
   with _lock:
     if "ok" not in _state:
       try:
@@ -75,8 +76,8 @@ def available() -> bool:
       except (OSError, AttributeError, ValueError) as e:
         _state["ok"] = False
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        warnings.warn(f"avjax: oneDNN convolutions unavailable ({first}); "
-                      "using XLA's convolutions", RuntimeWarning, stacklevel=3)
+        logging.getLogger(__name__).warning(
+            "avjax: oneDNN convolutions unavailable (%s); using XLA's convolutions", first)
     return _state["ok"]
 
 
