@@ -18,8 +18,7 @@ import numpy as np
 from input_pipeline import features as features_lib
 from input_pipeline.errors import InputError, MissingModalityError
 
-# Haar detection dominates video precompute; faces move little in 100 ms, and the
-# tracker interpolates between detections.
+# Faces move little in 100 ms, and the tracker interpolates between detections.
 FACE_DETECT_EVERY = 3
 # Frames are decoded downscaled to this longest side: every feature set crops a
 # face to at most 112 px, and 1280x720 RGB frames would cost 300 MB per clip.
@@ -72,6 +71,9 @@ class DecodedClip:
   # metadata), and dropping it would change every feature set's output spec.
   face_centre_fallback: bool = False
   video_file: str | None = None          # where the frames came from, for errors
+  face_landmarks: np.ndarray | None = None  # (T, K, 2) float32 (BlazeFace only)
+  face_detector: str | None = None       # which detector made the track
+  faces_tracked: int = 0                 # faces seen over time; > 1 is reported
 
   @property
   def duration(self) -> float:
@@ -86,12 +88,14 @@ class DecodedClip:
   def media(self) -> features_lib.ClipMedia:
     return features_lib.ClipMedia(clip_id=self.clip_id, audio=self.audio,
                                   sample_rate=self.sample_rate, frames=self.frames,
-                                  fps=self.fps, face_boxes=self.face_boxes)
+                                  fps=self.fps, face_boxes=self.face_boxes,
+                                  face_landmarks=self.face_landmarks,
+                                  face_detector=self.face_detector)
 
   def window(self, start: float, seconds: float) -> features_lib.ClipMedia:
     """[start, start + seconds) of the clip; the boxes are the whole-clip track's,
     so a window's face crop does not depend on where the window falls."""
-    audio = frames = boxes = None
+    audio = frames = boxes = marks = None
     if self.audio is not None:
       a0 = int(round(start * self.sample_rate))
       audio = self.audio[a0:a0 + int(round(seconds * self.sample_rate))]
@@ -102,22 +106,27 @@ class DecodedClip:
       f1 = max(f0 + 1, int(round((start + seconds) * self.fps)))
       frames = self.frames[f0:f1]
       boxes = None if self.face_boxes is None else self.face_boxes[f0:f1]
+      marks = None if self.face_landmarks is None else self.face_landmarks[f0:f1]
     return features_lib.ClipMedia(
         clip_id=f"{self.clip_id}@{start:.2f}s", audio=audio,
         sample_rate=self.sample_rate if audio is not None else None,
-        frames=frames, fps=self.fps if frames is not None else None, face_boxes=boxes)
+        frames=frames, fps=self.fps if frames is not None else None, face_boxes=boxes,
+        face_landmarks=marks, face_detector=self.face_detector)
 
 
 def decode(clip_id: str, *, audio_file: str | None = None, video_file: str | None = None,
            need_audio: bool = False, need_video: bool = False, faces: bool = True,
-           max_side: int = VIDEO_MAX_SIDE, threads: int = 1) -> DecodedClip:
+           max_side: int = VIDEO_MAX_SIDE, threads: int = 1,
+           detector: str | None = None) -> DecodedClip:
   """Decodes the needed streams and (with `faces`) tracks the face over every frame.
 
   Without `need_video` no frame is decoded and no face tracked, so audio-only
   feature sets never fail for want of a face. `threads` > 1 decodes audio and
   video at once (two ffmpeg processes) and runs the face detections concurrently;
   the result is identical. The default, 1, suits `prepare`, whose worker
-  processes already fill the cores.
+  processes already fill the cores. `detector` names the face detector
+  (face.DETECTORS; default face.DEFAULT_DETECTOR, BlazeFace, which the newest
+  feature sets crop with; a set's own is `FeatureSet.face_detector`).
 
   Raises InputError (MissingModalityError for an absent stream, NoFaceError for a
   video without a face on any searched frame) naming the file."""
@@ -146,27 +155,35 @@ def decode(clip_id: str, *, audio_file: str | None = None, video_file: str | Non
       audio, sample_rate = pending_audio.result()
   clip = DecodedClip(clip_id=clip_id, audio=audio, sample_rate=sample_rate, frames=frames,
                      fps=fps, video_file=video_file if frames is not None else None)
-  return track_faces(clip, threads=threads) if faces else clip
+  return track_faces(clip, threads=threads, detector=detector) if faces else clip
 
 
 def track_faces(clip: DecodedClip, every: int = FACE_DETECT_EVERY,
-                threads: int = 1) -> DecodedClip:
+                threads: int = 1, detector: str | None = None) -> DecodedClip:
   """The clip with its face track over every frame (unchanged without video);
   `threads` > 1 runs the detections concurrently, with the same result.
 
   Raises NoFaceError (an InputError naming the video file) when no searched frame
   has a face: every video feature set crops faces, and a clip without one is bad
   input, skipped and reported by prepare and refused by predict. Frames without a
-  detection in a clip that has some take the boxes around them (face.py)."""
+  detection in a clip that has some take the boxes around them (face.py).
+  With two or more faces tracked over time the largest is kept, and a warning
+  names the file (`faces_tracked` holds the count)."""
   if clip.frames is None:
     return clip
   from input_pipeline import face as face_lib  # cv2: imported only when tracking.
-  track = face_lib.track_faces(clip.frames, every=every, threads=threads,
-                               path=clip.video_file or clip.clip_id)
+  where = clip.video_file or clip.clip_id
+  track = face_lib.track_faces(clip.frames, detector=detector, every=every, threads=threads,
+                               path=where)
+  if track.n_faces > 1:
+    import logging  # pylint: disable=g-import-not-at-top
+    logging.getLogger(__name__).warning(
+        "%s: %d faces tracked; using the largest", where, track.n_faces)
   return dataclasses.replace(
       clip, face_boxes=track.boxes, face_hit_rate=float(track.hit_rate),
       face_fallback_frames=int(np.sum(track.source != face_lib.DETECTED)),
-      face_centre_fallback=False)
+      face_centre_fallback=False, face_landmarks=track.landmarks,
+      face_detector=track.detector, faces_tracked=int(track.n_faces))
 
 
 def decode_file(path: str, modalities: Sequence[str], *, faces: bool = True,

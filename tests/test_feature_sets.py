@@ -25,9 +25,12 @@ def synthetic_clip(clip_id: str = "synthetic", seconds: float = SECONDS,
   background = rng.integers(20, 80, (180, 320, 3), dtype=np.uint8)
   frames = np.repeat(background[None], n_frames, axis=0)
   boxes = np.zeros((n_frames, 4), dtype=np.float32)
+  landmarks = np.zeros((n_frames, 6, 2), dtype=np.float32)
   for i in range(n_frames):
     fx = 120 + 2 * (i % 10)                       # the face box jitters a little
     boxes[i] = (fx, 40, 90, 90)
+    landmarks[i] = [(fx + 27, 65), (fx + 63, 65), (fx + 45, 85), (fx + 45, 105),
+                    (fx + 5, 75), (fx + 85, 75)]  # eyes, nose, mouth, ears
     frames[i, 40:130, fx:fx + 90] = 150
     sx = int(fx + 30 + 15 * np.sin(2 * np.pi * i / 12))
     frames[i, 70:90, sx:sx + 20] = 250
@@ -37,7 +40,7 @@ def synthetic_clip(clip_id: str = "synthetic", seconds: float = SECONDS,
   envelope = 0.5 * (1 - np.cos(2 * np.pi * t / seconds))
   audio = (0.4 * envelope * sum(np.sin(h * phase) / h for h in range(1, 6)))
   return ClipMedia(clip_id=clip_id, audio=audio.astype(np.float32), sample_rate=sr,
-                   frames=frames, fps=fps, face_boxes=boxes)
+                   frames=frames, fps=fps, face_boxes=boxes, face_landmarks=landmarks)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +142,7 @@ def test_snippet_audio_follows_the_loudness_envelope(outputs):
 def test_missing_modality_raises_for_exactly_the_sets_that_need_it(clip, missing):
   if missing == "audio":
     media = ClipMedia(clip.clip_id + "-mute", None, None, clip.frames, clip.fps,
-                      clip.face_boxes)
+                      clip.face_boxes, clip.face_landmarks)
   else:
     media = ClipMedia(clip.clip_id + "-blind", clip.audio, clip.sample_rate)
   for name, fs in FEATURE_SETS.items():

@@ -11,6 +11,7 @@ from input_pipeline.errors import InputError, MissingModalityError
 from input_pipeline.features import ClipMedia, crop_to_boxes, get_feature_set
 from input_pipeline.features import keyframe as keyframe_lib
 from input_pipeline.features import stip as stip_lib
+from input_pipeline.features import video as video_lib
 
 VIDEO_SETS = ("frames3d_gray_80x70x30", "frames2d_64", "stip")
 
@@ -21,8 +22,9 @@ def index_frames(n: int, height: int = 36, width: int = 48) -> np.ndarray:
   return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).copy()
 
 
-def video_clip(frames, fps=30.0, boxes=None, clip_id="clip") -> ClipMedia:
-  return ClipMedia(clip_id=clip_id, frames=frames, fps=fps, face_boxes=boxes)
+def video_clip(frames, fps=30.0, boxes=None, clip_id="clip", landmarks=None) -> ClipMedia:
+  return ClipMedia(clip_id=clip_id, frames=frames, fps=fps, face_boxes=boxes,
+                   face_landmarks=landmarks)
 
 
 def source_levels(crops: np.ndarray) -> np.ndarray:
@@ -136,9 +138,87 @@ def test_face_boxes_drive_the_crop():
     x = 10 + 4 * i
     frames[i, 40:80, x:x + 40] = 200
     boxes[i] = (x, 40, 40, 40)
-  out = get_feature_set("frames2d_64").compute(video_clip(frames, boxes=boxes))
+  out = get_feature_set("frames2d_64", "1.0.0").compute(video_clip(frames, boxes=boxes))
   real = out["frames2d"][out["frames2d_mask"]]
   assert np.all(real[:, 16:48, 16:48] == 200)  # the face stays centred
+  # 2.0.0 aligns to the eyes: boxes without landmarks are refused, not box-cropped.
+  with pytest.raises(InputError, match="eye landmarks"):
+    get_feature_set("frames2d_64").compute(video_clip(frames, boxes=boxes))
+
+
+def _tilting_face(n: int = 20, size=(180, 240)):
+  """A gray 'face' with two white eyes that walks right, grows and tilts from
+  -30 to +30 degrees; returns frames, boxes and landmarks (T, 6, 2)."""
+  frames = np.full((n, *size, 3), 30, np.uint8)
+  boxes = np.zeros((n, 4), np.float32)
+  marks = np.zeros((n, 6, 2), np.float32)
+  for i in range(n):
+    angle = np.radians(-30 + 60 * i / (n - 1))
+    half = 20 + i                                   # half the eye distance, px
+    centre = np.array([90 + 2 * i, 80.0])
+    along = np.array([np.cos(angle), np.sin(angle)])
+    eyes = [centre - half * along, centre + half * along]
+    cv2.circle(frames[i], (int(centre[0]), int(centre[1] + half)), int(2.2 * half),
+               (120, 120, 120), -1)
+    for e in eyes:
+      cv2.circle(frames[i], (int(round(e[0])), int(round(e[1]))), 3, (255, 255, 255), -1)
+    marks[i, :2] = eyes
+    marks[i, 2:] = centre
+    boxes[i] = (centre[0] - 2 * half, centre[1] - half, 4 * half, 4 * half)
+  return frames, boxes, marks
+
+
+def test_aligned_crops_put_the_eyes_level_at_a_fixed_place():
+  """Whatever the tilt, size and position of the face, 2.0.0's crops put the
+  eyes at the same two pixels: level, 30 % of the width apart, 40 % down."""
+  frames, boxes, marks = _tilting_face()
+  crops = video_lib.align_to_eyes(frames, marks[:, :2], size=(64, 64), gray=True)[..., 0]
+  want = [(round(0.4 * 64), round(32 - 0.15 * 64)), (round(0.4 * 64), round(32 + 0.15 * 64))]
+  for crop in crops:
+    for row, col in want:
+      # The 3-px dots are area-averaged when shrunk: bright, not white.
+      assert crop[row - 2:row + 3, col - 2:col + 3].max() > 150, "an eye is not in place"
+    ys, xs = np.nonzero(crop > 150)
+    assert ys.max() - ys.min() <= 6          # both eyes on one level row band
+  # The box crops of 1.0.0 keep the tilt: the eyes' rows differ at +-30 degrees.
+  boxed = crop_to_boxes(frames[[0, -1]], boxes[[0, -1]], size=(64, 64), gray=True)[..., 0]
+  for crop in boxed:
+    ys, _ = np.nonzero(crop > 150)
+    assert ys.max() - ys.min() > 10
+
+
+def test_aligned_feature_set_uses_the_tracked_eyes():
+  frames, boxes, marks = _tilting_face(30)
+  media = video_clip(frames, boxes=boxes, landmarks=marks)
+  out = get_feature_set("frames2d_64").compute(media)
+  real = out["frames2d"][out["frames2d_mask"]]
+  np.testing.assert_array_equal(
+      real, video_lib.align_to_eyes(frames[::5], marks[::5, :2], size=(64, 64)))
+  # Eyes given in the other order are the same eyes.
+  swapped = marks.copy()
+  swapped[:, [0, 1]] = marks[:, [1, 0]]
+  np.testing.assert_array_equal(
+      video_lib.align_to_eyes(frames, swapped[:, :2], size=(32, 32)),
+      video_lib.align_to_eyes(frames, marks[:, :2], size=(32, 32)))
+  with pytest.raises(ValueError, match="eyes coincide"):
+    video_lib.align_to_eyes(frames[:1], np.zeros((1, 2, 2)), size=(32, 32))
+
+
+def test_versions_of_a_face_set_and_their_detectors():
+  from input_pipeline.features import FEATURE_SET_VERSIONS
+  for name in ("frames3d_gray_80x70x30", "frames2d_64", "stip", "keyframe_mel", "snippets"):
+    versions = FEATURE_SET_VERSIONS[name]
+    assert versions["1.0.0"].face_detector == "haar"
+    assert versions["2.0.0"].face_detector == "blazeface"
+    assert get_feature_set(name) is versions["2.0.0"]
+    assert versions["1.0.0"].spec == versions["2.0.0"].spec  # old data reads the same way
+  with pytest.raises(ValueError, match="has no version '9.0.0'"):
+    get_feature_set("stip", "9.0.0")
+  frames, boxes, marks = _tilting_face(8)
+  tracked = ClipMedia(clip_id="c", frames=frames, fps=30.0, face_boxes=boxes,
+                      face_landmarks=marks, face_detector="blazeface")
+  with pytest.raises(RuntimeError, match="decode it with detector='haar'"):
+    get_feature_set("frames2d_64", "1.0.0").compute(tracked)
 
 
 def test_missing_video_and_bad_video_name_the_clip():

@@ -4,6 +4,15 @@ A `FeatureSet` turns a decoded clip (`ClipMedia`) into a dict of fixed-shape
 arrays described by its `spec`, so datasets can be written once and models can
 be built from the spec. Bump a set's `version` whenever its output changes, so
 cached features computed by an older version are not mixed with new ones.
+
+A name may have several registered versions (`FEATURE_SET_VERSIONS`); the newest
+is the one `FEATURE_SETS` and `get_feature_set(name)` give, and so the one
+`prepare` writes and `predict` computes. Older versions stay computable by
+`get_feature_set(name, version)` (data prepared with them stays readable: it is
+read from its own version directory). The face-cropped sets: 1.0.0 crops the
+Haar box + 15 %; 2.0.0 crops aligned to BlazeFace's eye landmarks
+(`video.align_to_eyes`). `FeatureSet.face_detector` names the detector a set's
+crops need, and a clip tracked by another detector is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from input_pipeline.features import stip as stip_lib
 from input_pipeline.features import video as video_lib
 from input_pipeline.features.video import crop_to_boxes
 
-__all__ = ["ClipMedia", "FeatureSet", "FEATURE_SETS", "get_feature_set", "crop_to_boxes"]
+__all__ = ["ClipMedia", "FeatureSet", "FEATURE_SETS", "FEATURE_SET_VERSIONS",
+           "get_feature_set", "crop_to_boxes"]
 
 MODALITIES = ("audio", "video")
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -36,6 +46,8 @@ class ClipMedia:
   frames: np.ndarray | None = None       # uint8 RGB (T, H, W, 3)
   fps: float | None = None
   face_boxes: np.ndarray | None = None   # (T, 4) float32 (x, y, w, h); None = whole frame
+  face_landmarks: np.ndarray | None = None  # (T, K, 2) float32 (BlazeFace); None for Haar
+  face_detector: str | None = None       # the detector that made the boxes; None = unknown
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,19 +62,28 @@ class FeatureSet:
   modalities: tuple[str, ...]
   spec: Spec
   compute: Callable[[ClipMedia], dict[str, np.ndarray]]
+  face_detector: str | None = None  # the detector its face crops need (face.DETECTORS)
 
 
 def _checked(name: str, modalities: tuple[str, ...], spec: Spec,
-             fn: Callable[[ClipMedia], dict[str, np.ndarray]]
+             fn: Callable[[ClipMedia], dict[str, np.ndarray]],
+             face_detector: str | None = None
              ) -> Callable[[ClipMedia], dict[str, np.ndarray]]:
   """Wraps a set's function: modality check first, bad input as InputError, and a
-  spec check after (a mismatch is a bug in the set, so it is not an InputError)."""
+  spec check after (a mismatch is a bug in the set, so it is not an InputError).
+  Boxes from another detector than the set's are refused (a RuntimeError: the
+  caller decoded with the wrong detector), so versions are never mixed."""
 
   def compute(media: ClipMedia) -> dict[str, np.ndarray]:
     if "audio" in modalities and (media.audio is None or media.sample_rate is None):
       raise MissingModalityError(media.clip_id, "audio")
     if "video" in modalities and media.frames is None:
       raise MissingModalityError(media.clip_id, "video")
+    if (face_detector and media.face_boxes is not None and media.face_detector
+        and media.face_detector != face_detector):
+      raise RuntimeError(f"{name} crops {face_detector} faces but {media.clip_id} was "
+                         f"tracked with {media.face_detector}: decode it with "
+                         f"detector={face_detector!r}")
     try:
       out = fn(media)
     except ValueError as e:
@@ -83,26 +104,47 @@ def _checked(name: str, modalities: tuple[str, ...], spec: Spec,
   return compute
 
 
-FEATURE_SETS: dict[str, FeatureSet] = {}
+FEATURE_SETS: dict[str, FeatureSet] = {}                     # name -> newest version
+FEATURE_SET_VERSIONS: dict[str, dict[str, FeatureSet]] = {}  # name -> version -> set
 
 
-def _register(name: str, version: str, modalities: tuple[str, ...], spec: Spec):
+def _version_key(version: str) -> tuple[int, ...]:
+  return tuple(int(p) for p in version.split("."))
+
+
+def _register(name: str, version: str, modalities: tuple[str, ...], spec: Spec,
+              face_detector: str | None = None, doc: str | None = None):
   assert modalities and set(modalities) <= set(MODALITIES), modalities
 
   def decorator(fn):
-    FEATURE_SETS[name] = FeatureSet(
-        name=name, version=version, description=" ".join((fn.__doc__ or "").split()),
-        modalities=modalities, spec=spec, compute=_checked(name, modalities, spec, fn))
+    description = doc if doc is not None else (fn.__doc__ or "")
+    fs = FeatureSet(
+        name=name, version=version, description=" ".join(description.split()),
+        modalities=modalities, spec=spec,
+        compute=_checked(name, modalities, spec, fn, face_detector),
+        face_detector=face_detector)
+    versions = FEATURE_SET_VERSIONS.setdefault(name, {})
+    assert version not in versions, (name, version)
+    versions[version] = fs
+    FEATURE_SETS[name] = versions[max(versions, key=_version_key)]
     return fn
   return decorator
 
 
-def get_feature_set(name: str) -> FeatureSet:
+def get_feature_set(name: str, version: str | None = None) -> FeatureSet:
+  """The set of that name, its newest version unless `version` is given."""
   try:
-    return FEATURE_SETS[name]
+    versions = FEATURE_SET_VERSIONS[name]
   except KeyError:
     raise ValueError(f"unknown feature set {name!r}; known: "
                      f"{', '.join(sorted(FEATURE_SETS))}") from None
+  if version is None:
+    return FEATURE_SETS[name]
+  try:
+    return versions[version]
+  except KeyError:
+    raise ValueError(f"feature set {name!r} has no version {version!r}; known: "
+                     f"{', '.join(sorted(versions, key=_version_key))}") from None
 
 
 F32, U8, I32, BOOL = (np.dtype(t) for t in ("float32", "uint8", "int32", "bool"))
@@ -154,38 +196,78 @@ def _frames_and_boxes(media: ClipMedia) -> tuple[np.ndarray, np.ndarray | None]:
   return video_lib.validate_frames(media.frames), media.face_boxes
 
 
-@_register("frames3d_gray_80x70x30", "1.0.0", ("video",),
-           {"frames3d": ((30, 80, 70, 1), U8), "frames3d_mask": ((30,), BOOL)})
-def _frames3d(media: ClipMedia) -> dict[str, np.ndarray]:
+# The versions of every face-cropped set: (version, face detector, aligned crops),
+# and how each version's description says it crops.
+FACE_VERSIONS = (("1.0.0", "haar", False), ("2.0.0", "blazeface", True))
+_CROP_WORDS = {
+    False: "face-cropped (Haar box + 15% margin)",
+    True: ("face-cropped aligned to BlazeFace's eyes (rotated level, 30% of the crop's "
+           "width apart, centred at 40% of its height)"),
+}
+
+
+def _eyes(media: ClipMedia, align: bool) -> np.ndarray | None:
+  """The tracked eyes (T, 2, 2) for aligned crops; None for box crops and for
+  untracked clips (no boxes: whole frames, as for every version)."""
+  if not align or media.face_boxes is None:
+    return None
+  if media.face_landmarks is None:
+    raise ValueError("aligned crops need the face track's eye landmarks (BlazeFace); "
+                     "this clip has boxes only")
+  from input_pipeline import face as face_lib  # pylint: disable=g-import-not-at-top
+  return np.asarray(media.face_landmarks)[:, [face_lib.RIGHT_EYE, face_lib.LEFT_EYE]]
+
+
+def _crops(media: ClipMedia, indices: np.ndarray, size: tuple[int, int], align: bool,
+           gray: bool = False) -> np.ndarray:
+  frames, boxes = _frames_and_boxes(media)
+  return video_lib.gather_crops(frames, boxes, indices, size=size, gray=gray,
+                                eyes=_eyes(media, align))
+
+
+def _register_face_set(name: str, modalities: tuple[str, ...], spec: Spec):
+  """Registers `fn(media, align)` once per FACE_VERSIONS entry; `{crop}` in its
+  docstring becomes that version's way of cropping."""
+
+  def decorator(fn):
+    for version, detector, align in FACE_VERSIONS:
+      def compute(media: ClipMedia, _align=align) -> dict[str, np.ndarray]:
+        return fn(media, _align)
+      _register(name, version, modalities, spec, face_detector=detector,
+                doc=(fn.__doc__ or "").replace("{crop}", _CROP_WORDS[align]))(compute)
+    return fn
+  return decorator
+
+
+@_register_face_set("frames3d_gray_80x70x30", ("video",),
+                    {"frames3d": ((30, 80, 70, 1), U8), "frames3d_mask": ((30,), BOOL)})
+def _frames3d(media: ClipMedia, align: bool) -> dict[str, np.ndarray]:
   """S1's 3-D CNN input: the centre 3 s of the clip (leading/trailing frames
-  dropped), 30 frames sampled evenly in it (one per fps/10 frames), face-cropped
-  (box + 15% margin), grayscale, resized to 80 high x 70 wide. A clip shorter than
+  dropped), 30 frames sampled evenly in it (one per fps/10 frames), {crop},
+  grayscale, 80 high x 70 wide. A clip shorter than
   3 s is sampled at the same step from its start and padded by repeating its last
   sampled frame; frames3d_mask is True on real frames."""
-  frames, boxes = _frames_and_boxes(media)
-  idx, mask = video_lib.centre_window_plan(frames.shape[0], media.fps)
-  crops = video_lib.gather_crops(frames, boxes, idx, size=(80, 70), gray=True)
+  idx, mask = video_lib.centre_window_plan(len(video_lib.validate_frames(media.frames)), media.fps)
+  crops = _crops(media, idx, (80, 70), align, gray=True)
   return {"frames3d": crops, "frames3d_mask": mask}
 
 
-@_register("frames2d_64", "1.0.0", ("video",),
-           {"frames2d": ((24, 64, 64, 3), U8), "frames2d_mask": ((24,), BOOL)})
-def _frames2d(media: ClipMedia) -> dict[str, np.ndarray]:
-  """S3's frame CNN input: every 5th frame, face-cropped (box + 15% margin), RGB
+@_register_face_set("frames2d_64", ("video",),
+                    {"frames2d": ((24, 64, 64, 3), U8), "frames2d_mask": ((24,), BOOL)})
+def _frames2d(media: ClipMedia, align: bool) -> dict[str, np.ndarray]:
+  """S3's frame CNN input: every 5th frame, {crop}, RGB
   64x64 (scaling to [0, 1] is left to the model). Fixed 24 frames: the centre 24
   when there are more, zero frames with frames2d_mask False when fewer (the paper
   keeps all frames as separate samples; the mask says which exist)."""
-  frames, boxes = _frames_and_boxes(media)
-  idx, mask = video_lib.every_nth_plan(frames.shape[0])
-  crops = video_lib.gather_crops(frames, boxes, idx, size=(64, 64))
+  idx, mask = video_lib.every_nth_plan(len(video_lib.validate_frames(media.frames)))
+  crops = _crops(media, idx, (64, 64), align)
   return {"frames2d": crops, "frames2d_mask": mask}
 
 
-@_register("stip", "1.0.0", ("video",),
-           {"stip": ((162,), F32), "stip_count": ((), I32)})
-def _stip(media: ClipMedia) -> dict[str, np.ndarray]:
+@_register_face_set("stip", ("video",), {"stip": ((162,), F32), "stip_count": ((), I32)})
+def _stip(media: ClipMedia, align: bool) -> dict[str, np.ndarray]:
   """S2's video features: Harris-3D space-time interest points (Laptev) on
-  grayscale 64x64 face crops sampled at ~15 fps (centre 48 frames), standardised
+  grayscale 64x64 crops ({crop}) sampled at ~15 fps (centre 48 frames), standardised
   per clip, sigma^2 = 2, tau^2 = 2, s = 2, k = 0.005, 3x5x5 local maxima of H
   above 1e-8 (static scenes and constant-velocity motion give none). Reduced to
   the audio vector's length, 162, as the mean over the 256 strongest points of
@@ -193,48 +275,45 @@ def _stip(media: ClipMedia) -> dict[str, np.ndarray]:
   5 Farneback-flow bins each, HOG and HOF parts L2-normalised per point); zeros
   when no point is found or the clip gives fewer than 3 frames. stip_count is the
   number of points found."""
-  frames, boxes = _frames_and_boxes(media)
-  idx = stip_lib.stip_frame_plan(frames.shape[0], media.fps)
-  gray = video_lib.gather_crops(frames, boxes, idx, size=(64, 64), gray=True)[..., 0]
+  idx = stip_lib.stip_frame_plan(len(video_lib.validate_frames(media.frames)), media.fps)
+  gray = _crops(media, idx, (64, 64), align, gray=True)[..., 0]
   vector, count = stip_lib.stip_features(gray)
   return {"stip": vector, "stip_count": np.asarray(count, dtype=np.int32)}
 
 
 # ---------------------------------------------------------------------- audio-visual
 
-@_register("keyframe_mel", "1.0.0", ("audio", "video"),
-           {"keyframe": ((96, 96, 3), U8), "keyframe_index": ((), I32),
-            "mel_image": ((128, 128), F32)})
-def _keyframe_mel(media: ClipMedia) -> dict[str, np.ndarray]:
-  """S5's two inputs. Key frame: on 96x96 RGB face crops, keep frames with at least
+@_register_face_set("keyframe_mel", ("audio", "video"),
+                    {"keyframe": ((96, 96, 3), U8), "keyframe_index": ((), I32),
+                     "mel_image": ((128, 128), F32)})
+def _keyframe_mel(media: ClipMedia, align: bool) -> dict[str, np.ndarray]:
+  """S5's two inputs. Key frame: on 96x96 RGB crops ({crop}), keep frames with at least
   median LUV change from the previous frame, drop dark frames (< 80% of the
   brightest), keep high-entropy (>= 90% of the best) and high-contrast (gray std
   >= 70% of the best) frames, k-means (k = 3) them on gray histograms and take
   the sharpest cluster representative (variance of the Laplacian). Mel image: 16 kHz, n_fft
   1024, hop 256, 128 mels, dB with an 80 dB floor, the whole clip resized in time
   to 128 columns, min-max scaled to [0, 1] per clip (low frequencies in row 0)."""
-  frames, boxes = _frames_and_boxes(media)
-  crops = crop_to_boxes(frames, boxes, size=(96, 96))
+  crops = _crops(media, np.arange(len(video_lib.validate_frames(media.frames))), (96, 96), align)
   index = int(keyframe_lib.select_keyframes(crops, n=1)[0])
   image = audio_lib.mel_image(media.audio, media.sample_rate)
   return {"keyframe": crops[index], "keyframe_index": np.asarray(index, dtype=np.int32),
           "mel_image": image}
 
 
-@_register("snippets", "1.0.0", ("audio", "video"),
-           {"video_snippets": ((4, 8, 112, 112, 3), U8),
-            "audio_snippets": ((4, 64, 64), F32),
-            "snippet_times": ((4, 2), F32)})
-def _snippets(media: ClipMedia) -> dict[str, np.ndarray]:
+@_register_face_set("snippets", ("audio", "video"),
+                    {"video_snippets": ((4, 8, 112, 112, 3), U8),
+                     "audio_snippets": ((4, 64, 64), F32),
+                     "snippet_times": ((4, 2), F32)})
+def _snippets(media: ClipMedia, align: bool) -> dict[str, np.ndarray]:
   """S4's paired snippets: the clip is cut into 4 equal time segments covering it;
-  each video snippet is 8 frames spread evenly in its segment, face-cropped, RGB
+  each video snippet is 8 frames spread evenly in its segment, {crop}, RGB
   112x112; each audio snippet is the same span of the clip's log-mel (16 kHz,
   25 ms / 10 ms, 64 mels, computed once), resized to 64 frames (64 mels x 64).
   Audio shorter than the video is padded with the silence level. snippet_times
   holds each segment's (start, end) in seconds."""
-  frames, boxes = _frames_and_boxes(media)
-  idx, times = video_lib.snippet_plan(frames.shape[0], media.fps)
-  video = video_lib.gather_crops(frames, boxes, idx, size=(112, 112))
+  idx, times = video_lib.snippet_plan(len(video_lib.validate_frames(media.frames)), media.fps)
+  video = _crops(media, idx, (112, 112), align)
 
   y = audio_lib.resample(media.audio, media.sample_rate, 16000)
   mel = audio_lib.log_mel(y, 16000)                     # (64, frames), 100 frames/s

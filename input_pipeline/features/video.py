@@ -2,7 +2,8 @@
 fixed-length video sets (S1 3-D clips, S3 frames, S4 snippets).
 
 Index plans are computed before any cropping, so only the frames a set keeps are
-cropped and resized.
+cropped and resized. Crops are either the face box plus a margin (the 1.0.0 sets)
+or aligned to the eyes (the 2.0.0 sets: level eyes, fixed inter-ocular distance).
 """
 
 from __future__ import annotations
@@ -132,19 +133,102 @@ def snippet_plan(n_frames: int, fps: float, n_snippets: int = 4, snippet_len: in
   return idx, times
 
 
+# Where the aligned crops put the eyes: level, their midpoint centred across and
+# EYE_HEIGHT of the way down, EYE_DISTANCE of the crop's width apart. That keeps
+# brow to chin and cheek to cheek, with about as much margin as the 1.0.0 sets'
+# Haar box + 15 %.
+EYE_HEIGHT = 0.40
+EYE_DISTANCE = 0.30
+
+
+def eye_transform(eyes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """The 2x3 affine map (rotation + uniform scale + shift) from frame pixels to
+  an aligned crop of `size` = (height, width), given the eyes (2, 2) as (x, y):
+  the eyes land level, EYE_DISTANCE * width apart, centred at EYE_HEIGHT."""
+  eyes = np.asarray(eyes, np.float64)
+  if eyes[1, 0] < eyes[0, 0]:  # Either order: the image-left eye first.
+    eyes = eyes[::-1]
+  d = eyes[1] - eyes[0]
+  distance = float(np.hypot(*d))
+  if not distance > 1e-3:
+    raise ValueError(f"eyes coincide at {eyes[0].tolist()}: cannot align the face")
+  out_h, out_w = size
+  scale = EYE_DISTANCE * out_w / distance
+  angle = np.degrees(np.arctan2(d[1], d[0]))  # Clockwise tilt on screen (y is down).
+  centre = eyes.mean(axis=0)
+  m = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(angle), scale)
+  m[:, 2] += np.array([out_w / 2.0, EYE_HEIGHT * out_h]) - centre
+  return m
+
+
+def align_to_eyes(frames: np.ndarray, eyes: np.ndarray, size: tuple[int, int] = (64, 64),
+                  gray: bool = False) -> np.ndarray:
+  """Aligned face crops: each frame rotated so its eyes (T, 2, 2) are level and
+  scaled to a fixed inter-ocular distance (`eye_transform`), uint8 (T, h, w, 3),
+  or (T, h, w, 1) when `gray`. A crop shrinking the face is area-averaged first
+  (as crop_to_boxes' INTER_AREA resize), then rotated bilinearly; pixels beyond
+  the frame repeat its edge."""
+  frames = validate_frames(frames)
+  eyes = np.asarray(eyes, np.float64)
+  t = frames.shape[0]
+  if eyes.shape != (t, 2, 2):
+    raise ValueError(f"eyes must be ({t}, 2, 2) to match the frames, got {eyes.shape}")
+  if not np.all(np.isfinite(eyes)):
+    raise ValueError("eye landmarks have non-finite values")
+  out_h, out_w = int(size[0]), int(size[1])
+  img_h, img_w = frames.shape[1:3]
+  corners = np.array([[0, 0, 1], [out_w, 0, 1], [0, out_h, 1], [out_w, out_h, 1]], np.float64)
+  channels = 1 if gray else 3
+  out = np.empty((t, out_h, out_w, channels), dtype=np.uint8)
+  for i in range(t):
+    m = eye_transform(eyes[i], (out_h, out_w))
+    scale = float(np.hypot(m[0, 0], m[0, 1]))
+    frame = frames[i]
+    if scale < 1.0:
+      # The region the crop covers (inverse-mapped corners), shrunk by area first.
+      inverse = cv2.invertAffineTransform(m)
+      src = corners @ inverse.T
+      x0 = int(np.clip(np.floor(src[:, 0].min()) - 2, 0, img_w - 1))
+      y0 = int(np.clip(np.floor(src[:, 1].min()) - 2, 0, img_h - 1))
+      x1 = int(np.clip(np.ceil(src[:, 0].max()) + 2, x0 + 1, img_w))
+      y1 = int(np.clip(np.ceil(src[:, 1].max()) + 2, y0 + 1, img_h))
+      region = frame[y0:y1, x0:x1]
+      small_w = max(1, round((x1 - x0) * scale))
+      small_h = max(1, round((y1 - y0) * scale))
+      frame = cv2.resize(region, (small_w, small_h), interpolation=cv2.INTER_AREA)
+      # Frame pixels -> small: shift by the region's corner, then scale per axis.
+      shrink = np.array([[small_w / (x1 - x0), 0, -x0 * small_w / (x1 - x0)],
+                         [0, small_h / (y1 - y0), -y0 * small_h / (y1 - y0)]])
+      m = m @ np.vstack([cv2.invertAffineTransform(shrink), [0, 0, 1]])
+    crop = cv2.warpAffine(frame, m, (out_w, out_h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    if gray:
+      crop = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
+    out[i] = crop.reshape(out_h, out_w, channels)
+  return out
+
+
 def gather_crops(frames: np.ndarray, boxes: np.ndarray | None, indices: np.ndarray,
-                 size: tuple[int, int], gray: bool = False) -> np.ndarray:
+                 size: tuple[int, int], gray: bool = False,
+                 eyes: np.ndarray | None = None) -> np.ndarray:
   """Crops only the frames at `indices` (any shape, -1 = zero frame), keeping that
-  shape in front of (h, w, c); each distinct frame is cropped once."""
+  shape in front of (h, w, c); each distinct frame is cropped once. With `eyes`
+  (T, 2, 2) the crops are eye-aligned (`align_to_eyes`) instead of box crops."""
   frames = validate_frames(frames)
   if boxes is not None and np.asarray(boxes).shape != (frames.shape[0], 4):
     raise ValueError(f"boxes must be ({frames.shape[0]}, 4) to match the frames, "
                      f"got {np.asarray(boxes).shape}")
+  if eyes is not None and np.asarray(eyes).shape != (frames.shape[0], 2, 2):
+    raise ValueError(f"eyes must be ({frames.shape[0]}, 2, 2) to match the frames, "
+                     f"got {np.asarray(eyes).shape}")
   flat = np.asarray(indices).reshape(-1)
   valid = flat >= 0
   unique, inverse = np.unique(flat[valid], return_inverse=True)
-  sub_boxes = None if boxes is None else np.asarray(boxes)[unique]
-  crops = crop_to_boxes(frames[unique], sub_boxes, size=size, gray=gray)
+  if eyes is not None:
+    crops = align_to_eyes(frames[unique], np.asarray(eyes)[unique], size=size, gray=gray)
+  else:
+    sub_boxes = None if boxes is None else np.asarray(boxes)[unique]
+    crops = crop_to_boxes(frames[unique], sub_boxes, size=size, gray=gray)
   out = np.zeros((flat.shape[0],) + crops.shape[1:], dtype=np.uint8)
   out[valid] = crops[inverse]
   return out.reshape(np.asarray(indices).shape + crops.shape[1:])
