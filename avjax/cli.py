@@ -78,7 +78,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_cv(args: argparse.Namespace) -> int:
   config = _load_config(args)
-  from avjax.train.evaluate import cross_validate
+  from avjax.train.cross_validation import cross_validate
   result = cross_validate(config, args.workdir, folds=args.folds)
   print(result.get("markdown", ""))
   return 0

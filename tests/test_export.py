@@ -47,14 +47,14 @@ def reference(trained):
   the export code."""
   import jax
   from avjax.train import checkpoint as ckpt_lib
-  from avjax.train import trainer
+  from avjax.train import runtime
   workdir, config = trained
-  datasets = trainer._create_datasets(config, trainer._mesh(config))
-  setup = trainer.build(config, datasets.info, trainer._mesh(config))
+  datasets = runtime.create_datasets(config, runtime.make_mesh(config))
+  setup = runtime.build(config, datasets.info, runtime.make_mesh(config))
   checkpointer = ckpt_lib.Checkpointer(str(workdir), best_metric=config.train.best_metric,
                                        best_mode=config.train.best_mode, read_only=True)
   step = checkpointer.best_step()
-  state = trainer.restore_state(setup, checkpointer, step)
+  state = runtime.restore_state(setup, checkpointer, step)
   checkpointer.close()
   batch = next(iter(datasets.evals["test"]()))
   inputs = {k: np.asarray(batch[k]) for k in config.model.inputs}

@@ -15,7 +15,7 @@ from avjax.configs import load_config
 from avjax.errors import UserError
 from avjax.models import fusion
 from avjax.train import checkpoint as ckpt_lib
-from avjax.train import trainer
+from avjax.train import runtime, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S1 = os.path.join(REPO, "experiments", "sultana2024.py")
@@ -93,7 +93,7 @@ def test_weighted_decision_fusion_needs_a_weight_per_branch():
 
 def test_feature_concat_fusion_joins_the_branch_embeddings_and_cuts_their_gradient():
   cfg = load_config(S1 + ":fusion,smoke")
-  model = trainer.make_model(cfg, 8)
+  model = runtime.make_model(cfg, 8)
   x = _inputs()
   variables = model.init(jax.random.PRNGKey(0), x, train=False)
   head = variables["params"]["fusion_dense_0"]["kernel"]
@@ -141,25 +141,29 @@ def test_two_stage_fusion_trains_branches_then_keeps_them_frozen(prepared, tmp_p
 
   # The fusion checkpoint's branch parameters are the branches' best checkpoints,
   # unchanged by the fusion steps.
-  mesh = trainer._mesh(config)  # pylint: disable=protected-access
-  datasets = trainer._create_datasets(config, mesh)  # pylint: disable=protected-access
-  setup = trainer.build(config, datasets.info, mesh)
+  mesh = runtime.make_mesh(config)
+  datasets = runtime.create_datasets(config, mesh)
+  setup = runtime.build(config, datasets.info, mesh)
   fused_ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
-  fused = jax.device_get(trainer.restore_state(setup, fused_ckpt, fused_ckpt.latest_step()))
+  fused = jax.device_get(runtime.restore_state(setup, fused_ckpt, fused_ckpt.latest_step()))
   fused_ckpt.close()
   assert int(fused.step) == config.train.num_train_steps
   for name in ("audio", "video"):
     branch_dir = os.path.join(workdir, f"branch_{name}")
     from avjax.train import stages
     sub_cfg = stages.branch_config(config, name)
-    sub_setup = trainer.build(sub_cfg, datasets.info, mesh)
+    sub_setup = runtime.build(sub_cfg, datasets.info, mesh)
     ck = ckpt_lib.Checkpointer(branch_dir, best_metric=sub_cfg.train.best_metric,
                                read_only=True)
-    sub = jax.device_get(trainer.restore_state(sub_setup, ck, ck.best_step()))
+    sub = jax.device_get(runtime.restore_state(sub_setup, ck, ck.best_step()))
     ck.close()
     jax.tree.map(np.testing.assert_array_equal, fused.params[name], sub.params)
   with open(os.path.join(workdir, "report.json"), encoding="utf-8") as f:
     assert json.load(f)["num_examples"]["test"] > 0
+
+
+def _must_not_train(config, workdir):
+  pytest.fail(f"trained a branch into {workdir}: the check should have refused first")
 
 
 def test_a_given_branch_run_of_another_fold_is_refused(prepared, tmp_path):
@@ -171,7 +175,7 @@ def test_a_given_branch_run_of_another_fold_is_refused(prepared, tmp_path):
   config = load_config(S1 + ":fusion,smoke", [
       "data.protocol=actor_kfold", "data.fold=0", f"pretrained.audio.workdir={branch}"])
   with pytest.raises(UserError, match="fold"):
-    stages.prepare_branches(config, str(tmp_path / "fusion"))
+    stages.prepare_branches(config, str(tmp_path / "fusion"), train_branch=_must_not_train)
 
 
 def test_a_given_branch_run_of_another_k_is_refused(tmp_path):
@@ -184,7 +188,7 @@ def test_a_given_branch_run_of_another_k_is_refused(tmp_path):
       "data.protocol=actor_kfold", "data.k=4", "data.fold=0",
       f"pretrained.audio.workdir={branch}"])
   with pytest.raises(UserError, match="data.k"):
-    stages.prepare_branches(config, str(tmp_path / "fusion"))
+    stages.prepare_branches(config, str(tmp_path / "fusion"), train_branch=_must_not_train)
 
 
 def test_a_finished_branch_in_the_workdir_is_reused_only_for_the_same_run(tmp_path):
@@ -204,6 +208,6 @@ def test_a_finished_branch_in_the_workdir_is_reused_only_for_the_same_run(tmp_pa
     (branch / "config.json").write_text(
         stages.branch_config(old, name).to_json_best_effort())
     (branch / stages.REPORT).write_text("{}")
-  assert set(stages.prepare_branches(old, str(workdir))) == {"audio", "video"}
+  assert set(stages.prepare_branches(old, str(workdir), train_branch=_must_not_train)) == {"audio", "video"}
   with pytest.raises(UserError, match="data.fold"):
-    stages.prepare_branches(config_for(0), str(workdir))
+    stages.prepare_branches(config_for(0), str(workdir), train_branch=_must_not_train)

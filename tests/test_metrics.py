@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from avjax import models
-from avjax.train import evaluate, trainer
+from avjax.train import evaluate, runtime
 from avjax.train import metrics as metrics_lib
 from input_pipeline import loader
 
@@ -65,12 +65,12 @@ def _info(leaky: bool):
 
 def _report(tmp_path, leaky: bool) -> dict:
   config, info = _config(), _info(leaky)
-  setup = trainer.build(config, info, trainer._mesh(config))  # pylint: disable=protected-access
-  state = trainer.init_state(setup, 0)
+  setup = runtime.build(config, info, runtime.make_mesh(config))
+  state = runtime.init_state(setup, 0)
   source = [{"pred": np.int32(p), "label": np.int32(y)} for p, y in zip(PREDS, LABELS)]
   # Batches of 8: the second is 2 examples + 6 padding rows (label 0, pred 0,
   # i.e. "correct"): counting them would raise the accuracy.
-  results = trainer.run_evals(setup, state, {"test": lambda: loader.eval_batches(
+  results = runtime.run_evals(setup, state, {"test": lambda: loader.eval_batches(
       source, batch_size=8, keys=("pred",))})
   report = evaluate.build_report(results, info, config_name="fake", checkpoint_step=0)
   evaluate.write_report(str(tmp_path), report)

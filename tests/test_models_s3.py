@@ -254,8 +254,8 @@ def test_every_variant_loads(arg):
   if "smoke" in arg:
     assert c.train.global_batch_size == 8
   if variant != "decision":
-    from avjax.train import trainer
-    model = trainer.make_model(c, 8)  # Every model field is a constructor argument.
+    from avjax.train import runtime
+    model = runtime.make_model(c, 8)  # Every model field is a constructor argument.
     assert model.num_classes == 8
 
 
@@ -310,7 +310,7 @@ def test_decision_config_is_consistent(flags):
 def test_decision_model_builds_from_the_config():
   """Abstract shapes only (nothing compiled): the fused model holds each branch's
   parameters under the branch name, exactly as the unimodal run has them."""
-  from avjax.train import trainer
+  from avjax.train import runtime
   c = load_config(f"{CONFIG}:decision,smoke")
   if "decision_fusion" not in models.registered_models():
     pytest.skip("decision_fusion is not registered in this checkout")
@@ -319,7 +319,7 @@ def test_decision_model_builds_from_the_config():
             "frames2d_mask": jnp.ones((2, 24), bool)}
 
   def shapes(config):
-    model = trainer.make_model(config, 8)
+    model = runtime.make_model(config, 8)
     x = {k: inputs[k] for k in config.model.inputs}
     v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
     return v, jax.eval_shape(lambda v: model.apply(v, x, train=False), v)

@@ -16,7 +16,7 @@ import avjax.models.mocanu  # noqa: F401  Registers mocanu_av.
 from avjax import layers, losses, models
 from avjax.configs import load_config
 from avjax.errors import UserError
-from avjax.train import sharding, trainer
+from avjax.train import runtime, sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "mocanu2023.py")
@@ -266,7 +266,7 @@ def test_smoke_config_builds_model_and_combined_loss():
   assert config.data.feature_set == "snippets"
   assert tuple(config.model.inputs) == ("video_snippets", "audio_snippets")
   assert config.paper_accuracy == 89.25
-  model = trainer.make_model(config, 8)
+  model = runtime.make_model(config, 8)
   assert isinstance(model, avjax.models.mocanu.AttentiveR3DResNetAV)
   inputs = {"video_snippets": jnp.zeros((1, 4, 8, 112, 112, 3), jnp.uint8),
             "audio_snippets": jnp.zeros((1, 4, 64, 64), jnp.float32)}

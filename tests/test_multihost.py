@@ -38,7 +38,7 @@ import pytest
 from avjax.configs import load_config
 from avjax.errors import UserError
 from avjax.train import checkpoint as ckpt_lib
-from avjax.train import sharding, trainer
+from avjax.train import runtime, sharding, trainer
 from input_pipeline import loader
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -60,7 +60,7 @@ def _config(data_dir, overrides=()) -> ml_collections.ConfigDict:
 
 
 def _datasets(config, process_index: int, process_count: int) -> loader.Datasets:
-  """What `trainer._create_datasets` builds for that process, called directly."""
+  """What `runtime.create_datasets` builds for that process, called directly."""
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.keys = tuple(config.model.inputs)
   return loader.create_datasets(
@@ -125,11 +125,11 @@ def _finish(procs, timeout=TIMEOUT) -> list[str]:
 
 def _restore_params(workdir, config, info, step) -> dict[str, np.ndarray]:
   """A workdir's params at `step`, restored on this (single) process's 8 devices."""
-  mesh = trainer._mesh(config)  # pylint: disable=protected-access
-  setup = trainer.build(config, info, mesh)
+  mesh = runtime.make_mesh(config)
+  setup = runtime.build(config, info, mesh)
   checkpointer = ckpt_lib.Checkpointer(str(workdir), read_only=True)
   try:
-    state = trainer.restore_state(setup, checkpointer, step)
+    state = runtime.restore_state(setup, checkpointer, step)
   finally:
     checkpointer.close()
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]

@@ -105,9 +105,9 @@ def _fold_report(value: float) -> dict:
 
 
 def test_cv_report_of_one_fold_is_singular_without_a_spread():
-  from avjax.train import evaluate
+  from avjax.train import cross_validation
   value = 0.375
-  md = evaluate.cv_markdown(evaluate._cv_summary({0: _fold_report(value)}))
+  md = cross_validation.cv_markdown(cross_validation.summarize_folds({0: _fold_report(value)}))
   assert md.splitlines()[0].startswith("# experiments/x.py:audio: 1 fold, ")
   (row,) = [line for line in md.splitlines() if line.startswith("| test")]
   assert "±" not in md
@@ -115,10 +115,10 @@ def test_cv_report_of_one_fold_is_singular_without_a_spread():
 
 
 def test_cv_report_of_several_folds_shows_mean_and_std():
-  from avjax.train import evaluate
+  from avjax.train import cross_validation
   values = [0.25, 0.5, 0.75]
-  summary = evaluate._cv_summary({i: _fold_report(v) for i, v in enumerate(values)})
-  md = evaluate.cv_markdown(summary)
+  summary = cross_validation.summarize_folds({i: _fold_report(v) for i, v in enumerate(values)})
+  md = cross_validation.cv_markdown(summary)
   assert f": {len(values)} folds, " in md.splitlines()[0]
   cell = f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"
   (row,) = [line for line in md.splitlines() if line.startswith("| test")]

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 from avjax.configs import load_config
 from avjax.errors import UserError
-from avjax.train import sharding, trainer
+from avjax.train import runtime, sharding
 from input_pipeline import loader
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +37,7 @@ def _batch(n):
 
 def test_batch_is_split_over_data():
   config = load_config(CONFIG)
-  mesh = trainer._mesh(config)  # pylint: disable=protected-access
+  mesh = runtime.make_mesh(config)
   assert dict(mesh.shape) == {"data": 8, "model": 1}
   local = _batch(16)
   batch = sharding.global_batch(mesh, local)
@@ -50,10 +50,10 @@ def test_batch_is_split_over_data():
 @pytest.mark.parametrize("model_axis", [1, 2])
 def test_params_placed_by_the_rule(model_axis):
   config = load_config(CONFIG, [f"mesh.model={model_axis}"])
-  mesh = trainer._mesh(config)  # pylint: disable=protected-access
+  mesh = runtime.make_mesh(config)
   assert dict(mesh.shape) == {"data": 8 // model_axis, "model": model_axis}
-  setup = trainer.build(config, INFO, mesh)
-  state = trainer.init_state(setup, 0)
+  setup = runtime.build(config, INFO, mesh)
+  state = runtime.init_state(setup, 0)
   batch = sharding.global_batch(mesh, _batch(8))
   new_state, _ = setup.train_step(state, batch)
   split = 0

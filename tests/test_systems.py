@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from avjax.configs import load_config
-from avjax.train import sharding, trainer
+from avjax.train import runtime, sharding
 from input_pipeline.features import get_feature_set
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +73,7 @@ def _random_inputs(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
 def system(request):
   config = load_config(_spec_path(request.param) + ",smoke")
   num_classes = 8
-  model = trainer.make_model(config, num_classes)
+  model = runtime.make_model(config, num_classes)
   inputs = _random_inputs(config, BATCH)
   variables = jax.jit(lambda k, x: model.init({"params": k, "dropout": k}, x, train=False))(
       jax.random.PRNGKey(0), inputs)

@@ -28,8 +28,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from avjax.configs import load_config  # noqa: E402
+from avjax.errors import UserError  # noqa: E402
 from avjax.train import checkpoint as ckpt_lib  # noqa: E402
-from avjax.train import evaluate, trainer, writers  # noqa: E402
+from avjax.train import cross_validation, evaluate, runtime, trainer, writers  # noqa: E402
 from input_pipeline import loader  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,11 +111,11 @@ def make_config(*extra: str):
 
 def final_params(workdir: str, config, step: int | None = None) -> dict[str, np.ndarray]:
   """The params of a workdir's latest (or given) checkpoint, on this process's mesh."""
-  mesh = trainer._mesh(config)  # pylint: disable=protected-access
-  setup = trainer.build(config, make_datasets(config).info, mesh)
+  mesh = runtime.make_mesh(config)
+  setup = runtime.build(config, make_datasets(config).info, mesh)
   checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
   try:
-    state = trainer.restore_state(setup, checkpointer, step or checkpointer.latest_step())
+    state = runtime.restore_state(setup, checkpointer, step or checkpointer.latest_step())
   finally:
     checkpointer.close()
   flat = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
@@ -179,6 +180,21 @@ def test_end_to_end_loss_falls_and_outputs_exist(reference_run):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
 
+def test_test_split_is_scored_only_for_the_reported_checkpoint(reference_run):
+  """The report uses the best validation checkpoint, so a test curve over steps
+  would only invite picking a step by test accuracy: none is logged. The test
+  numbers exist once, for the reported step, in report.json and the returned
+  metrics (with report/checkpoint_step beside them)."""
+  workdir, _, final = reference_run
+  series = writers.read_metrics(workdir)
+  assert "val/uar" in series and "train/loss" in series
+  assert not [k for k in series if k.startswith("test/")], sorted(series)
+  report = json.load(open(os.path.join(workdir, "report.json")))
+  assert final["report/checkpoint_step"] == report["checkpoint_step"]
+  for metric in ("accuracy", "uar", "macro_f1", "loss"):
+    assert final[f"test/{metric}"] == pytest.approx(report["splits"]["test"][metric])
+
+
 def test_sigkill_and_resume_is_bitwise_identical(reference_run, tmp_path):
   ref_dir, config, reference_final = reference_run
   workdir = str(tmp_path / "killed")
@@ -237,7 +253,7 @@ def test_workdir_of_another_run_is_refused_and_a_finished_one_only_reevaluated(
   for field, value in (("data.fold", int(config.data.fold) + 1),
                        ("seed", int(config.seed) + 1)):
     other = make_config(f"{field}={value}")
-    with pytest.raises(trainer.UserError) as info:
+    with pytest.raises(UserError) as info:
       trainer.train_and_evaluate(other, workdir, datasets=make_datasets(other))
     assert f"{field}=" in str(info.value) and workdir in str(info.value)
     assert open(os.path.join(workdir, "config.json")).read() == config_before
@@ -279,7 +295,7 @@ def test_cross_validate_writes_mean_and_std(tmp_path):
   config = make_config("train.num_train_steps=2", "train.eval_every_steps=2",
                        "train.checkpoint_every_steps=2", "train.log_every_steps=2")
   folds = [0, 1]
-  summary = evaluate.cross_validate(config, str(tmp_path), folds, datasets_fn=lambda k: (
+  summary = cross_validation.cross_validate(config, str(tmp_path), folds, datasets_fn=lambda k: (
       make_datasets(_with_fold(config, k))))
   reports = [json.load(open(tmp_path / f"fold_{k}" / "report.json")) for k in folds]
   assert [r["fold"] for r in reports] == folds

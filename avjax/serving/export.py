@@ -1,7 +1,8 @@
 """`avjax export`: a training workdir -> a `jax.export` artefact and a TF SavedModel.
 
 The best checkpoint by the run's validation metric (as `evaluate` picks it) is
-restored through the trainer, so export reads exactly what training wrote. The
+restored with the trainer's own build (`avjax.train.runtime`), so export reads
+exactly what training wrote. The
 served function is inference only, `(variables, inputs) -> {"logits",
 "probabilities"}`, traced with a symbolic batch dimension and plain XLA
 convolutions (`model.conv_impl='xla'`), so one artefact lowers for CPU, GPU
@@ -119,12 +120,12 @@ def _check_step_kept(workdir: str, step: int) -> None:
 def restore_workdir(workdir: str, step: int | None = None) -> Restored:
   """The best (or given) checkpoint's variables and the model that reads them."""
   import jax  # pylint: disable=g-import-not-at-top
-  from avjax.train import evaluate, trainer
+  from avjax.train import runtime
   from input_pipeline import loader
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise UserError(f"{workdir}: workdir does not exist")
-  config = evaluate._load_config(workdir)  # pylint: disable=protected-access
+  config = runtime.load_workdir_config(workdir)
   if step is not None:
     _check_step_kept(workdir, int(step))  # Before the slow build.
   class_names = _class_names(workdir, config)
@@ -139,10 +140,10 @@ def restore_workdir(workdir: str, step: int | None = None) -> Restored:
       protocol=str(config.data.get("protocol", "")), leaky=False,
       fold=int(config.data.get("fold", 0)), split_actors={},
       num_examples={"train": int(config.train.global_batch_size)})
-  mesh = trainer._mesh(config)  # pylint: disable=protected-access
-  setup = trainer.build(config, info, mesh)
+  mesh = runtime.make_mesh(config)
+  setup = runtime.build(config, info, mesh)
   best_metric = config.train.get("best_metric") or None
-  state, step = trainer.restore_best(setup, workdir, step, purpose="export")
+  state, step = runtime.restore_best(setup, workdir, step, purpose="export")
   variables = jax.device_get({"params": state.params, **state.model_state})
   return Restored(config=config, model=setup.model, variables=variables,
                   class_names=class_names, feature_sets=feature_sets, input_keys=input_keys,
@@ -315,12 +316,12 @@ def export_initialised(config, out: str, *, class_names: Sequence[str], seed: in
   """Exports a config's model with freshly initialised variables: for benchmarks
   and tests of the serving path, where what the weights say does not matter."""
   import jax  # pylint: disable=g-import-not-at-top
-  from avjax.train import trainer
+  from avjax.train import runtime
   out = _check_out(out)
   feature_sets = feature_sets_of(config.data)
   input_keys = tuple(config.model.inputs)
   spec = input_spec(input_keys, feature_sets)
-  model = trainer.make_model(config, len(class_names))
+  model = runtime.make_model(config, len(class_names))
   dummy = {k: np.zeros((1, *v["shape"]), v["dtype"]) for k, v in spec.items()}
   key = jax.random.PRNGKey(seed)
   variables = jax.jit(lambda k: model.init({"params": k, "dropout": k}, dummy,

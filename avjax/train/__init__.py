@@ -14,7 +14,7 @@ _PUBLIC = {
     "train_and_evaluate": "avjax.train.trainer",
     "NonFiniteLossError": "avjax.train.trainer",
     "evaluate_workdir": "avjax.train.evaluate",
-    "cross_validate": "avjax.train.evaluate",
+    "cross_validate": "avjax.train.cross_validation",
 }
 __all__ = sorted(_PUBLIC)
 

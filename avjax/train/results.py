@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from avjax.configs import load_config
-from avjax.train import evaluate
+from avjax.train import cross_validation, evaluate
 
 RESULTS_MD, RESULTS_JSON = "results.md", "results.json"
 _METRICS = ("accuracy", "uar", "macro_f1")
@@ -73,7 +73,7 @@ def _run_protocol(config, workdir: str, leaky: bool, folds) -> tuple[dict, dict]
     cfg.data.protocol = "random_clip"
     cfg.data.allow_leaky = True
     folds = [0]
-  summary = evaluate.cross_validate(cfg, workdir, folds=folds)
+  summary = cross_validation.cross_validate(cfg, workdir, folds=folds)
   per_fold = {}
   for fold in summary["folds"]:
     with open(os.path.join(workdir, f"fold_{fold}", evaluate.REPORT), encoding="utf-8") as f:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
@@ -26,7 +26,7 @@ import numpy as np
 
 from avjax import models
 from avjax.errors import UserError
-from avjax.train import checkpoint
+from avjax.train import checkpoint, runtime
 
 # Data fields a branch inherits from its fusion run, so that both see the same fold.
 _SHARED_DATA_FIELDS = ("dataset", "data_dir", "protocol", "fold", "k", "allow_leaky",
@@ -106,8 +106,12 @@ def _check_finished_branch(name: str, path: str, sub: ml_collections.ConfigDict)
                     f"{'; '.join(conflicts[:3])}; use a new --workdir")
 
 
-def prepare_branches(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-  """Branch name -> workdir of a finished branch run, training missing ones now."""
+def prepare_branches(config: ml_collections.ConfigDict, workdir: str, *,
+                     train_branch: Callable[[ml_collections.ConfigDict, str], Any]
+                     ) -> dict[str, str]:
+  """Branch name -> workdir of a finished branch run, training missing ones now
+  with `train_branch(branch_config, branch_workdir)` (the trainer passes itself,
+  so this module never imports the trainer)."""
   pretrained = config.get("pretrained") or {}
   fold = int(config.data.get("fold", 0))
   out = {}
@@ -120,9 +124,8 @@ def prepare_branches(config: ml_collections.ConfigDict, workdir: str) -> dict[st
         raise UserError(f"{path}: pretrained branch {name!r} workdir does not exist")
       _check_same_split(name, path, config)
     elif not finished:
-      from avjax.train import trainer  # pylint: disable=g-import-not-at-top
       logging.info("training branch %r into %s", name, path)
-      trainer.train_and_evaluate(branch_config(config, name), path)
+      train_branch(branch_config(config, name), path)
     elif os.path.exists(os.path.join(path, "config.json")):
       _check_finished_branch(name, path, branch_config(config, name))
     out[name] = path
@@ -146,7 +149,6 @@ def graft_branches(setup, state, config, branch_dirs: Mapping[str, str], info):
   checkpoint of each branch run; returns the new state, sharded like the old."""
   if not branch_dirs:
     return state
-  from avjax.train import trainer  # pylint: disable=g-import-not-at-top
   params = flax.core.unfreeze(jax.device_get(state.params))
   model_state = flax.core.unfreeze(jax.device_get(state.model_state))
   for name, path in branch_dirs.items():
@@ -154,8 +156,8 @@ def graft_branches(setup, state, config, branch_dirs: Mapping[str, str], info):
       raise UserError(f"config.pretrained.{name}: the model has no branch {name!r} "
                       f"(its parameters: {sorted(params)})")
     sub_config = _load_branch_config(path, config, name)
-    sub_setup = trainer.build(sub_config, info, setup.mesh)
-    sub_state, step = trainer.restore_best(sub_setup, path,
+    sub_setup = runtime.build(sub_config, info, setup.mesh)
+    sub_state, step = runtime.restore_best(sub_setup, path,
                                            purpose=f"use as pretrained branch {name!r}")
     sub_state = jax.device_get(sub_state)
     want = jax.tree.map(np.shape, params[name])
