@@ -97,10 +97,15 @@ def _wav_declared_seconds(path: str) -> float | None:
     return None
 
 
-def _data_end(path: str) -> float:
-  """Seconds at which the last audio or video packet ends: a demux, no decode."""
-  out = _run_ffmpeg(path, ["-i", path, "-map", "0:v?", "-map", "0:a?", "-c", "copy",
-                           "-f", "framecrc", "-"])
+def _data_end(path: str, maps: tuple[str, ...] = ("0:v?", "0:a?"),
+              check_complete: bool = False) -> float:
+  """Seconds at which the last packet of the mapped streams (by default every
+  audio and video stream) ends: a demux, no decode."""
+  args = ["-i", path]
+  for stream in maps:
+    args += ["-map", stream]
+  out = _run_ffmpeg(path, [*args, "-c", "copy", "-f", "framecrc", "-"],
+                    check_complete=check_complete)
   time_bases: dict[int, float] = {}
   end = 0.0
   for line in out.decode("utf-8", "replace").splitlines():
@@ -297,6 +302,37 @@ def _resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
   """librosa's soxr_hq resampling, minus librosa's audio module (slow to import)."""
   from input_pipeline.features.audio import soxr_resample  # pylint: disable=g-import-not-at-top
   return soxr_resample(audio, orig_sr, target_sr).astype(np.float32)
+
+
+def check_stream(path: str | os.PathLike, modality: str) -> None:
+  """Raises InputError unless `path` holds a complete `modality` ("audio" or
+  "video") stream, as read_audio / read_video would accept it, without decoding
+  it: the header, then a demux of that stream's packets (a wav: its header's
+  length against the samples present). For a take whose feature set does not
+  decode this file, so that its example records what was actually usable."""
+  if modality not in ("audio", "video"):
+    raise ValueError(f"modality must be 'audio' or 'video', got {modality!r}")
+  path = check_file(path)
+  if modality == "audio" and path.lower().endswith(_WAV_EXTS):
+    try:
+      info = soundfile.info(path)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError):
+      info = None  # Unusual codec or damage: ffmpeg's checks below say which.
+    if info is not None:
+      if not info.frames:
+        raise InputError(path, "audio stream has no samples")
+      declared, present = _wav_declared_seconds(path), info.frames / info.samplerate
+      if _ends_early(declared, present):
+        raise _truncated(path, declared, present)
+      return
+  info = probe(path)
+  if not (info.has_audio if modality == "audio" else info.has_video):
+    raise MissingModalityError(path, modality)
+  ends = _data_end(path, (f"0:{modality[0]}:0",), check_complete=True)
+  if ends <= 0:
+    raise InputError(path, f"{modality} stream has no data")
+  if not info.duration_estimated and _ends_early(info.duration, ends):
+    raise _truncated(path, info.duration, ends)
 
 
 def read_audio(path: str | os.PathLike,

@@ -157,6 +157,55 @@ def test_mp4_cut_after_its_index_raises(tmp_path):
     assert "truncated" in str(exc.value)
 
 
+def _faststart_cut(tmp_path, seconds: float = 1.0) -> tuple[Path, Path]:
+  """A whole faststart mp4 and its first half: the index survives the cut, the data
+  does not (the case a header-only probe passes)."""
+  fps, sr = 30.0, 48000
+  frames, audio = _test_clip(seconds, fps, sr)
+  frames = np.random.default_rng(2).integers(0, 256, frames.shape, dtype=np.uint8)
+  whole = tmp_path / "whole.mp4"
+  media.write_av(whole, frames, fps, audio, sr)
+  faststart = tmp_path / "faststart.mp4"
+  subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(whole), "-c", "copy",
+                  "-movflags", "+faststart", str(faststart)], check=True)
+  cut = tmp_path / "cut.mp4"
+  data = faststart.read_bytes()
+  cut.write_bytes(data[:len(data) // 2])
+  return faststart, cut
+
+
+def test_check_stream_accepts_what_the_readers_accept_and_refuses_the_rest(tmp_path):
+  """check_stream (no decode) agrees with read_video / read_audio (decode)."""
+  whole, cut = _faststart_cut(tmp_path)
+  for modality in ("video", "audio"):
+    media.check_stream(whole, modality)
+    with pytest.raises(InputError) as exc:
+      media.check_stream(cut, modality)
+    _assert_one_line_naming(exc.value, cut)
+    assert "truncated" in str(exc.value)
+  sr = 16000
+  wav = tmp_path / "whole.wav"
+  soundfile.write(str(wav), np.zeros(sr, np.float32), sr, subtype="PCM_16")
+  media.check_stream(wav, "audio")
+  short = tmp_path / "short.wav"  # The header still declares 1 s.
+  short.write_bytes(wav.read_bytes()[:44 + sr])
+  with pytest.raises(InputError, match="truncated"):
+    media.read_audio(short)
+  with pytest.raises(InputError, match="truncated"):
+    media.check_stream(short, "audio")
+  with pytest.raises(MissingModalityError):
+    media.check_stream(wav, "video")
+  with pytest.raises(InputError, match="file not found"):
+    media.check_stream(tmp_path / "missing.mp4", "video")
+
+
+@needs_fixtures
+def test_check_stream_finds_no_audio_track_in_the_real_fixture():
+  media.check_stream(NO_AUDIO_MP4, "video")
+  with pytest.raises(MissingModalityError):
+    media.check_stream(NO_AUDIO_MP4, "audio")
+
+
 @needs_fixtures
 def test_truncated_real_mp4_raises(tmp_path):
   path = tmp_path / "cut.mp4"

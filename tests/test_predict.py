@@ -296,6 +296,36 @@ def test_cli_video_model_on_a_clip_without_a_face_stops_with_one_line(video_mode
   assert not out_json.exists()
 
 
+def test_a_workdir_is_not_exported_for_a_clip_without_a_face(
+    video_model, tmp_path, no_face_mp4, monkeypatch):
+  """The audit's case: predict on a training workdir exported it (seconds) before
+  it found that the clip has no face. The face is looked for first now."""
+  from avjax.serving import artifact, export
+  from avjax.serving.predict import predict_file
+  from input_pipeline.errors import InputError
+  workdir = tmp_path / "runs" / "s1_video"
+  workdir.mkdir(parents=True)
+  # The run's own config, as training writes it (an export keeps it in its metadata).
+  (workdir / "config.json").write_text(json.dumps(artifact.read_metadata(str(video_model))["config"]))
+  monkeypatch.setattr(export, "export_workdir", lambda *a, **k: pytest.fail(
+      "exported the workdir before looking for a face"))
+  mp4 = no_face_mp4(tmp_path / "wall.mp4")
+  with pytest.raises(InputError, match=f"^{mp4}: no face found in any of"):
+    predict_file(str(mp4), str(workdir))
+
+
+def test_model_needs_reads_a_workdir_config_like_the_export_metadata(video_model, tmp_path):
+  from avjax.serving import artifact
+  from avjax.serving.predict import model_needs
+  meta = artifact.read_metadata(str(video_model))
+  (tmp_path / "config.json").write_text(json.dumps(meta["config"]))
+  from_workdir, from_export = model_needs(str(tmp_path)), model_needs(str(video_model))
+  assert from_workdir.modalities == from_export.modalities == ("video",)
+  assert from_workdir.feature_sets == from_export.feature_sets == tuple(meta["feature_sets"])
+  (tmp_path / "config.json").write_text("{}")
+  assert model_needs(str(tmp_path)) is None  # Unreadable: predict loads the model to know.
+
+
 def test_audio_model_on_a_clip_without_a_face_ignores_the_video(audio_model, tmp_path, no_face_mp4):
   from avjax.serving.predict import predict_file
   result = predict_file(str(no_face_mp4(tmp_path / "wall.mp4")), str(audio_model))

@@ -86,6 +86,33 @@ def test_real_ravdess_fixture_video_without_audio(tmp_path, fixtures_dir):
   assert ex["face_hit_rate"] > 0.5
 
 
+def test_audio_set_records_a_truncated_mp4_beside_a_good_wav_as_no_video(tmp_path, synth_corpus):
+  """The audit's case: for `mfcc`, a take whose 01- mp4 is cut short but whose 03-
+  wav is good was prepared with has_video=True. It records what was usable now."""
+  from input_pipeline import media
+  corpus = tmp_path / "corpus" / "Actor_01"
+  corpus.mkdir(parents=True)
+  wavs = sorted((synth_corpus / "Actor_01").glob("03-*.wav"))[:2]
+  for wav in wavs:
+    shutil.copy(wav, corpus)
+    mp4 = synth_corpus / "Actor_01" / ("01" + wav.name[2:-4] + ".mp4")
+    # Index first, so that a header-only probe of the cut file still passes.
+    subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(mp4), "-c", "copy",
+                    "-movflags", "+faststart", str(corpus / mp4.name)], check=True)
+  cut = corpus / ("01" + wavs[0].name[2:-4] + ".mp4")
+  data = cut.read_bytes()
+  cut.write_bytes(data[:len(data) // 2])
+  assert media.probe(cut).has_video
+  report = prepare("ravdess", str(tmp_path / "corpus"), str(tmp_path / "data"), "mfcc",
+                   workers=1, progress=False)
+  assert report.prepared == 2 and not report.skipped
+  has_video = {ex["take_id"].decode(): bool(ex["has_video"])
+               for _, ex in _all_examples(open_prepared(str(tmp_path / "data"), "ravdess",
+                                                        "mfcc"))}
+  take = lambda wav: wav.name[3:-4]  # noqa: E731
+  assert has_video == {take(wavs[0]): False, take(wavs[1]): True}, has_video
+
+
 def test_real_crema_fixture_audio_video(tmp_path, fixtures_dir):
   report = prepare("crema_d", str(fixtures_dir / "crema_d"), str(tmp_path), "keyframe_mel",
                    workers=1, progress=False)

@@ -20,7 +20,8 @@ The CLI keeps XLA's compiled model in a persistent cache (`enable_compilation_ca
 so a one-shot call does not compile it again.
 
 Needs an export directory (no training code); a training workdir is exported on
-the fly into a temporary directory first, which does import the trainer.
+the fly into a temporary directory first, which does import the run's build
+(`avjax.train.runtime`).
 """
 
 from __future__ import annotations
@@ -148,6 +149,41 @@ def load_model(model_dir: str) -> artifact.ExportedModel:
                   "training workdir (config.json, checkpoints/)")
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelNeeds:
+  """What a model reads from a file, known without loading (or exporting) it."""
+  modalities: tuple[str, ...]
+  feature_sets: tuple[str, ...]
+  window_seconds: float | None
+
+
+def model_needs(model_dir: str) -> ModelNeeds | None:
+  """From an export's metadata.json or a training workdir's config.json; None when
+  neither says (the model must be loaded to know)."""
+  from input_pipeline import clip as clip_lib  # pylint: disable=g-import-not-at-top
+  model_dir = os.path.abspath(model_dir)
+  if artifact.is_export_dir(model_dir):
+    meta = artifact.read_metadata(model_dir)
+    return ModelNeeds(tuple(meta["modalities"]), tuple(meta["feature_sets"]),
+                      meta.get("window_seconds"))
+  config_path = os.path.join(model_dir, "config.json")
+  if not os.path.isfile(config_path):
+    return None
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      config = json.load(f)
+    inputs = tuple(config["model"]["inputs"])
+    data = config["data"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None  # Not a readable run config: loading the model says what is wrong.
+  from avjax.serving import export  # pylint: disable=g-import-not-at-top
+  feature_sets = export.feature_sets_of(data)
+  spec = export.input_spec(inputs, feature_sets)
+  # The sets that make an input: what export writes as the model's feature_sets.
+  used = tuple(s for s in feature_sets if any(v["feature_set"] == s for v in spec.values()))
+  return ModelNeeds(tuple(clip_lib.modalities_of(used)), used, None)
+
+
 def _check_file(path: str) -> str:
   """Checked before the model is loaded (TensorFlow, seconds), so a mistyped
   name fails at once."""
@@ -171,11 +207,16 @@ def predict_file(path: str, model: artifact.ExportedModel | str, *,
   if isinstance(model, (str, os.PathLike)):
     # A workdir is exported to a temporary directory: report the user's path.
     model_path = os.path.abspath(model)
-    model = load_model(model_path)
+    needs = model_needs(model_path)
+    if needs is None:  # Nothing to read it from without loading: load now.
+      model = load_model(model_path)
   else:
     model_path = model.directory
+  if not isinstance(model, (str, os.PathLike)):
+    needs = ModelNeeds(tuple(model.modalities), tuple(model.feature_sets),
+                       model.metadata.get("window_seconds"))
   window = float(window) if window is not None else float(
-      model.metadata.get("window_seconds") or clip_lib.natural_window(model.feature_sets))
+      needs.window_seconds or clip_lib.natural_window(needs.feature_sets))
   if not window > 0 or not hop > 0:
     raise UserError(f"--window and --hop must be > 0, got {window} and {hop}")
   if batch_size < 1:
@@ -184,9 +225,13 @@ def predict_file(path: str, model: artifact.ExportedModel | str, *,
   clock = _StageClock()
   threads = cpu_count()  # One clip at a time: its work may use every core.
   with clock("decode"):
-    decoded = clip_lib.decode_file(path, model.modalities, faces=False, threads=threads)
+    decoded = clip_lib.decode_file(path, needs.modalities, faces=False, threads=threads)
   with clock("faces"):
     decoded = clip_lib.track_faces(decoded, threads=threads)  # Once, over the whole clip.
+  # A clip the model cannot read (no face, no audio) has failed by now, before a
+  # training workdir is exported (seconds) to serve it.
+  if isinstance(model, (str, os.PathLike)):
+    model = load_model(model_path)
   with clock("features"):
     starts = clip_lib.window_starts(decoded.duration, window, hop)
     spec = model.input_spec

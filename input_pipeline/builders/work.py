@@ -68,15 +68,12 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
   hit_rate = decoded.face_hit_rate
   fallback_frames = decoded.face_fallback_frames
   centre = decoded.face_centre_fallback
-  has_audio = audio is not None
-  if not need_audio and take.audio_file is not None:
-    # Not decoded for this feature set, but recorded honestly: a container may
-    # lack its audio track (RAVDESS fixtures include such an mp4).
-    try:
-      has_audio = take.audio_file.lower().endswith(".wav") or media.probe(
-          take.audio_file).has_audio
-    except InputError:
-      has_audio = False
+  # A modality this feature set does not decode is recorded as it is: checked
+  # (header and packets, no decode) as the decoding path would check it, so a
+  # truncated 01- mp4 beside a good 03- wav is has_video=False for `mfcc`, and an
+  # mp4 without its audio track (a RAVDESS fixture) has_audio=False.
+  has_audio = audio is not None or (not need_audio and _usable(media, take.audio_file, "audio"))
+  has_video = frames is not None or (not need_video and _usable(media, take.video_file, "video"))
   example = {
       "clip_id": take.take_id,
       "take_id": take.take_id,
@@ -88,7 +85,7 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
       "statement": take.statement,
       "repetition": take.repetition,
       "has_audio": has_audio,
-      "has_video": frames is not None or (take.video_file is not None and not need_video),
+      "has_video": has_video,
       "source_files": ";".join(os.path.basename(f) for f in take.files),
       "face_hit_rate": hit_rate,
       "face_fallback_frames": fallback_frames,
@@ -96,6 +93,16 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
       **values,
   }
   return take.take_id, example
+
+
+def _usable(media, path: str | None, modality: str) -> bool:
+  if path is None:
+    return False
+  try:
+    media.check_stream(path, modality)
+  except InputError:
+    return False
+  return True
 
 
 def compute_task(task: tuple[int, Take, str]) -> tuple[int, dict | Skip]:
