@@ -36,9 +36,10 @@ test: $(STAMP) $(OPS_LIB)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
 
 # One process: the slow tests share one corpus and its feature sets through
-# module fixtures, which xdist workers would each build again.
+# module fixtures, which xdist workers would each build again. -rA prints every
+# test's output: the learning tests' WA per fold.
 test-slow: $(STAMP) $(OPS_LIB)
-	$(PY) -m pytest -m slow -p no:xdist --durations=0
+	$(PY) -m pytest -m slow -p no:xdist -rA --durations=0
 
 clean:
 	rm -rf $(VENV) $(DEMO_WORKDIR) .pytest_cache $(OPS_LIB)
