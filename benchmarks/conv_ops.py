@@ -13,7 +13,7 @@ avjax/ops) and, per layer, fwd+dgrad+wgrad of 'cpu' against 'onednn' and what
 
   python benchmarks/conv_ops.py                 # batch 32, both nets
   python benchmarks/conv_ops.py --net video --batch 8 --variants
-  python benchmarks/conv_ops.py --net all --batch 32 --onednn --reps 2
+  python benchmarks/conv_ops.py --net all --batch 32 --onednn --no-xla --reps 2
   python benchmarks/conv_ops.py --smoke         # tiny shapes, seconds
 """
 
@@ -130,7 +130,8 @@ def _timeit(fn, args, reps):
   return min(times)
 
 
-def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants, onednn=False):
+def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants, onednn=False,
+                xla_column=True):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((batch, *in_shape), np.float32))
   w = jnp.asarray(rng.standard_normal((*ksize, in_shape[-1], out_ch), np.float32) * 0.1)
@@ -143,14 +144,18 @@ def bench_layer(name, in_shape, ksize, out_ch, padding, batch, reps, variants, o
   for op in ("fwd", "dgrad", "wgrad"):
     fx, fc = jax.jit(xla[op]), jax.jit(cpu[op])
     fns = [fx, fc] + ([jax.jit(dnn[op])] if dnn else [])
+    if not xla_column:  # --no-xla: plain XLA takes 5-20 s per 3D pass at batch 32.
+      fns[0] = None
     for f in fns:
-      jax.block_until_ready(f(x, w, g))
-    ts = [[] for _ in fns]
+      if f is not None:
+        jax.block_until_ready(f(x, w, g))
+    ts = [[float("nan")] for _ in fns]
     for _ in range(reps):  # alternate blocks so all see the same load
       for f, t in zip(fns, ts):
-        t.append(_timeit(f, (x, w, g), 2))
-    tx, tc = min(ts[0]), min(ts[1])
-    td = min(ts[2]) if dnn else float("nan")
+        if f is not None:
+          t.append(_timeit(f, (x, w, g), 2))
+    tx, tc = (min(t[1:]) if len(t) > 1 else t[0] for t in ts[:2])
+    td = min(ts[2][1:]) if dnn else float("nan")
     rows.append((op, tx, tc, td))
     extra = (f"   onednn {td * 1e3:9.2f} ms  cpu/onednn {tc / td:5.2f}x" if dnn else "")
     print(f"  {name:18s} {op:6s} xla {tx * 1e3:9.2f} ms   cpu-path {tc * 1e3:9.2f} ms"
@@ -183,6 +188,8 @@ def main(argv=None):
                       help="also time the formulations we tried and did not pick")
   parser.add_argument("--onednn", action="store_true",
                       help="also time impl='onednn' (oneDNN as XLA custom calls, avjax/ops)")
+  parser.add_argument("--no-xla", action="store_true",
+                      help="skip plain XLA (with --onednn: just 'cpu' against 'onednn')")
   parser.add_argument("--smoke", action="store_true", help="tiny shapes, 1 rep")
   args = parser.parse_args(argv)
 
@@ -200,7 +207,7 @@ def main(argv=None):
     totals = {"xla": 0.0, "cpu": 0.0, "onednn": 0.0}
     for layer in layers:
       for op, tx, tc, td in bench_layer(*layer, args.batch, args.reps, args.variants,
-                                        args.onednn):
+                                        args.onednn, not args.no_xla):
         totals["xla"] += tx
         totals["cpu"] += tc
         totals["onednn"] += td

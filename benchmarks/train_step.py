@@ -27,11 +27,13 @@ One train step is forward, softmax cross-entropy, backward and Adam (lr 1e-3):
   jax       `jax.jit` with donated (params, opt_state), compiled ahead of time, so
             compilation is never timed; optax.adam. Convolutions and pools are
             what `avjax.models.conv`/`max_pool` build by default (on CPU:
-            avjax.layers' CPU path, issue 8).
+            per layer oneDNN as XLA custom calls or avjax.layers' pure-XLA CPU
+            path, `avjax.layers.conv.cpu_auto_impl`, issue 20).
   jax-xla   the same with `avjax.models.set_conv_impl("xla")`: plain
             `lax.conv_general_dilated` and flax max-pool, for comparison;
-            likewise jax-cpu (avjax's pure-XLA CPU formulation) and jax-onednn
-            (TensorFlow's oneDNN conv kernels through jax.pure_callback).
+            likewise jax-cpu (avjax's pure-XLA CPU formulation, the default
+            before issue 20) and jax-onednn (every conv through oneDNN's FFI
+            custom calls, avjax/ops).
   keras     Keras 3 on TF: both `model.train_on_batch` after `compile()` (on CPU
             Keras' jit_compile='auto' means no XLA, as the papers ran) and a
             custom `tf.function(jit_compile=False)` GradientTape step; the

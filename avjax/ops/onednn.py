@@ -52,6 +52,7 @@ def _load() -> ctypes.CDLL:
   lib = ctypes.CDLL(LIBRARY)
   lib.avjax_onednn_version.restype = ctypes.c_int
   lib.avjax_onednn_set_threads.argtypes = [ctypes.c_int]
+  lib.avjax_onednn_set_chunk_macs.argtypes = [ctypes.c_int64]
   lib.avjax_onednn_impl.restype = ctypes.c_int
   lib.avjax_onednn_impl.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                     ctypes.POINTER(ctypes.c_int64),
@@ -79,6 +80,13 @@ def available() -> bool:
         logging.getLogger(__name__).warning(
             "avjax: oneDNN convolutions unavailable (%s); using XLA's convolutions", first)
     return _state["ok"]
+
+
+def set_chunk_macs(macs: int) -> None:
+  """Work per job when a call is split over its batch for XLA's threads (0:
+  the default, 2^22 MACs). Tests set 1 to split every call per sample."""
+  if available():
+    _state["lib"].avjax_onednn_set_chunk_macs(int(macs))
 
 
 def version() -> str:

@@ -16,19 +16,28 @@
 // unbatched, those dims fold into the batch (one oneDNN call); otherwise the
 // handler loops over them.
 //
-// Threads: this oneDNN build runs on OpenMP; the calling XLA thread becomes
-// the OpenMP master of a team sized by the problem (TeamSize), at most
-// OpenMP's default (one per core). `avjax_onednn_set_threads` fixes the team
-// size instead (0: by size again).
+// Threads: a call is split over its batch into jobs of >= g_macs_per_chunk
+// MACs, run by single-threaded oneDNN primitives on the calling thread and
+// XLA's own intra-op pool (FFI Ctx<ThreadPool>), so oneDNN never competes
+// with XLA for the cores; weight-gradient jobs write f32 partials that are
+// summed. Only a call that cannot be split (one job) uses this oneDNN build's
+// OpenMP team, sized by the problem (TeamSize). `avjax_onednn_set_threads`
+// fixes that team size (0: by size again).
 
 #include <omp.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -51,6 +60,10 @@ int g_threads = 0;  // 0: by problem size, up to OpenMP's default.
 // barriers cost tens of microseconds on an idle machine and a scheduler tick
 // (ms) on a loaded one, so small convolutions run on the calling thread.
 constexpr int64_t kMacsPerThread = int64_t(1) << 22;
+
+// Work per job when a call is split over the batch for XLA's threads
+// (settable for tests: avjax_onednn_set_chunk_macs).
+int64_t g_macs_per_chunk = int64_t(1) << 22;
 
 int TeamSize(int64_t macs) {
   static const int max_threads = omp_get_max_threads();  // Before any change.
@@ -99,14 +112,15 @@ memory::format_tag WeightsTag(int n) {
 struct Problem {
   Pass pass;
   memory::data_type dtype;
+  memory::data_type wdtype;  // Weights (grad) dtype: f32 partials when chunked.
   int n;           // spatial dims
   int64_t batch, cin, cout;
   Dims in, kernel, out, strides, dilation, pad_lo, pad_hi;
 
   std::string Key() const {
     std::ostringstream k;
-    k << int(pass) << ':' << int(dtype) << ':' << batch << ':' << cin << ':'
-      << cout;
+    k << int(pass) << ':' << int(dtype) << ':' << int(wdtype) << ':' << batch
+      << ':' << cin << ':' << cout << ':' << omp_get_max_threads();
     for (const Dims* d : {&in, &kernel, &out, &strides, &dilation, &pad_lo,
                           &pad_hi}) {
       k << '|';
@@ -128,8 +142,8 @@ struct Problem {
   memory::desc Weights(bool any) const {
     Dims d{cout, cin};
     d.insert(d.end(), kernel.begin(), kernel.end());
-    return any ? memory::desc(d, dtype, memory::format_tag::any)
-               : memory::desc(d, dtype, WeightsTag(n));
+    return any ? memory::desc(d, wdtype, memory::format_tag::any)
+               : memory::desc(d, wdtype, WeightsTag(n));
   }
 };
 
@@ -152,10 +166,12 @@ std::unique_ptr<Plan> MakePlan(const Problem& p) {
   auto src = p.Src(), dst = p.Dst(), w_any = p.Weights(true);
   auto plan = std::make_unique<Plan>();
   plan->plain_w = p.Weights(false);
+  Problem hint = p;
+  hint.wdtype = p.dtype;
   auto fwd = dnnl::convolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training,
-      dnnl::algorithm::convolution_direct, src, w_any, dst, p.strides, dil,
-      p.pad_lo, p.pad_hi, attr);
+      dnnl::algorithm::convolution_direct, src, hint.Weights(true), dst,
+      p.strides, dil, p.pad_lo, p.pad_hi, attr);
   if (p.pass == Pass::kForward) {
     plan->kernel_w = fwd.weights_desc();
     plan->scratch = fwd.scratchpad_desc();
@@ -246,6 +262,62 @@ void Run(const Problem& p, void* src, void* weights, void* dst) {
   strm.wait();
 }
 
+// Runs fn(0..count-1) on the calling thread and up to count-1 of XLA's
+// intra-op threads, each claiming the next index when free: a descheduled
+// thread on a loaded machine delays only the work it holds, where an OpenMP
+// team waits for its slowest member at every barrier. The state is shared, so
+// a helper that starts after all work is done finds nothing and leaves.
+void ParallelFor(ffi::ThreadPool* pool, int64_t count,
+                 const std::function<void(int64_t)>& fn) {
+  int64_t helpers = pool ? std::min<int64_t>(pool->num_threads(), count - 1) : 0;
+  if (helpers <= 0) {
+    for (int64_t i = 0; i < count; ++i) fn(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0};
+    int64_t count = 0, done = 0;
+    const std::function<void(int64_t)>* fn = nullptr;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::string error;
+  };
+  auto state = std::make_shared<State>();
+  state->count = count;
+  state->fn = &fn;  // Only dereferenced for claimed indices, before the wait ends.
+  auto work = [state]() {
+    for (;;) {
+      int64_t i = state->next.fetch_add(1);
+      if (i >= state->count) return;
+      std::string error;
+      try {
+        (*state->fn)(i);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      std::lock_guard<std::mutex> lock(state->mu);
+      if (!error.empty() && state->error.empty()) state->error = error;
+      if (++state->done == state->count) state->cv.notify_all();
+    }
+  };
+  for (int64_t h = 0; h < helpers; ++h) {
+    auto task = work;  // Schedule takes ownership of an rvalue.
+    pool->Schedule(std::move(task));
+  }
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done == state->count; });
+  if (!state->error.empty()) throw std::runtime_error(state->error);
+}
+
+uint16_t ToBf16(float f) {  // Round to nearest even.
+  if (std::isnan(f)) return 0x7FC0;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFF + ((u >> 16) & 1);
+  return uint16_t(u >> 16);
+}
+
 ffi::Error Fail(const std::string& msg) {
   return ffi::Error::InvalidArgument("avjax onednn conv: " + msg);
 }
@@ -286,7 +358,8 @@ bool AllOnes(const std::vector<int64_t>& v) {
 // role is src (forward, weight grad) or diff_src (data grad); `grad` is
 // dst/diff_dst; `w` the weights. `a`, `b` are the two inputs and `r` the
 // result, in the order the pass's FFI signature has them.
-ffi::Error Conv(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b,
+ffi::Error Conv(ffi::ThreadPool* pool, Pass pass, ffi::AnyBuffer a,
+                ffi::AnyBuffer b,
                 ffi::Result<ffi::AnyBuffer> r, ffi::Span<const int64_t> strides,
                 ffi::Span<const int64_t> dilation,
                 ffi::Span<const int64_t> pad_lo,
@@ -357,58 +430,106 @@ ffi::Error Conv(Pass pass, ffi::AnyBuffer a, ffi::AnyBuffer b,
   };
   const int64_t xb = block(xd), wb = block(wd), yb = block(yd);
   const int64_t count = Prod(rlead);
+  p.wdtype = p.dtype;
   try {
-    int64_t macs = p.batch * count * p.cin * p.cout;
-    for (int i = 0; i < n; ++i) macs *= p.out[i] * p.kernel[i];
-    omp_set_num_threads(TeamSize(macs));
     bool fold = pass != Pass::kBackwardWeights && AllOnes(wlead) &&
                 xlead == rlead && ylead == rlead;
+    int64_t leads = count;
     if (fold) {  // Unbatched weights: vmap dims are more batch.
       p.batch *= count;
+      leads = 1;
+    }
+    int64_t sample_macs = p.cin * p.cout;
+    for (int i = 0; i < n; ++i) sample_macs *= p.out[i] * p.kernel[i];
+    // Chunks of at least g_macs_per_chunk each, at most a few per thread:
+    // smaller ones run below oneDNN's speed, and each weight-gradient chunk
+    // writes (and we sum) a whole kernel-sized partial, so those get one per
+    // thread.
+    const int64_t threads = std::max<int64_t>(1, pool ? pool->num_threads() : 1);
+    const int64_t cap = pass == Pass::kBackwardWeights ? threads : 4 * threads;
+    int64_t chunks = std::min<int64_t>(
+        {p.batch, cap, std::max<int64_t>(1, sample_macs * p.batch / g_macs_per_chunk)});
+    const int64_t per = (p.batch + chunks - 1) / chunks;
+    chunks = (p.batch + per - 1) / per;
+    const int64_t jobs = leads * chunks;
+    const int64_t x_sample = xb / xd[L], y_sample = yb / yd[L];
+    if (jobs == 1) {  // Nothing to split: oneDNN's own OpenMP team, by size.
+      omp_set_num_threads(TeamSize(sample_macs * p.batch));
       Run(p, xp, wp, yp);
       return ffi::Error::Success();
     }
-    for (int64_t i = 0; i < count; ++i) {
-      char* x = static_cast<char*>(xp) + LeadOffset(i, rlead, xlead) * xb;
-      char* w = static_cast<char*>(wp) + LeadOffset(i, rlead, wlead) * wb;
-      char* y = static_cast<char*>(yp) + LeadOffset(i, rlead, ylead) * yb;
-      Run(p, x, w, y);
+    // Weight gradients of several chunks are f32 partials, summed below.
+    const bool partials = pass == Pass::kBackwardWeights && chunks > 1;
+    const int64_t w_elems = wb / esize;
+    std::vector<float> partial(partials ? jobs * w_elems : 0);
+    auto job = [&](int64_t j) {
+      omp_set_num_threads(1);  // Parallel over jobs on XLA's threads instead.
+      int64_t li = j / chunks, c = j % chunks;
+      int64_t lead = fold ? 0 : li;
+      Problem q = p;
+      q.batch = std::min(per, p.batch - c * per);
+      if (partials) q.wdtype = memory::data_type::f32;
+      char* x = static_cast<char*>(xp) + LeadOffset(lead, rlead, xlead) * xb +
+                c * per * x_sample;
+      char* y = static_cast<char*>(yp) + LeadOffset(lead, rlead, ylead) * yb +
+                c * per * y_sample;
+      char* w = partials ? reinterpret_cast<char*>(partial.data() + j * w_elems)
+                         : static_cast<char*>(wp) +
+                               LeadOffset(lead, rlead, wlead) * wb;
+      Run(q, x, w, y);
+    };
+    ParallelFor(pool, jobs, job);
+    if (partials) {
+      for (int64_t li = 0; li < leads; ++li) {
+        const float* src = partial.data() + li * chunks * w_elems;
+        char* out = static_cast<char*>(wp) + li * wb;
+        for (int64_t e = 0; e < w_elems; ++e) {
+          float sum = 0;
+          for (int64_t c = 0; c < chunks; ++c) sum += src[c * w_elems + e];
+          if (p.dtype == memory::data_type::f32) {
+            reinterpret_cast<float*>(out)[e] = sum;
+          } else {
+            reinterpret_cast<uint16_t*>(out)[e] = ToBf16(sum);
+          }
+        }
+      }
     }
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("avjax onednn conv: oneDNN: ") +
                                 e.what() + " (" + p.Key() + ")");
   }
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer w,
                    ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> s,
                    ffi::Span<const int64_t> d, ffi::Span<const int64_t> lo,
                    ffi::Span<const int64_t> hi) {
-  return Conv(Pass::kForward, x, w, y, s, d, lo, hi);
+  return Conv(&pool, Pass::kForward, x, w, y, s, d, lo, hi);
 }
 
-ffi::Error BackwardData(ffi::AnyBuffer w, ffi::AnyBuffer dy,
+ffi::Error BackwardData(ffi::ThreadPool pool, ffi::AnyBuffer w, ffi::AnyBuffer dy,
                         ffi::Result<ffi::AnyBuffer> dx,
                         ffi::Span<const int64_t> s, ffi::Span<const int64_t> d,
                         ffi::Span<const int64_t> lo,
                         ffi::Span<const int64_t> hi) {
-  return Conv(Pass::kBackwardData, w, dy, dx, s, d, lo, hi);
+  return Conv(&pool, Pass::kBackwardData, w, dy, dx, s, d, lo, hi);
 }
 
-ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy,
                            ffi::Result<ffi::AnyBuffer> dw,
                            ffi::Span<const int64_t> s,
                            ffi::Span<const int64_t> d,
                            ffi::Span<const int64_t> lo,
                            ffi::Span<const int64_t> hi) {
-  return Conv(Pass::kBackwardWeights, x, dy, dw, s, d, lo, hi);
+  return Conv(&pool, Pass::kBackwardWeights, x, dy, dw, s, d, lo, hi);
 }
 
 }  // namespace
 
 #define AVJAX_CONV_BINDING()                        \
   ffi::Ffi::Bind()                                  \
+      .Ctx<ffi::ThreadPool>()                       \
       .Arg<ffi::AnyBuffer>()                        \
       .Arg<ffi::AnyBuffer>()                        \
       .Ret<ffi::AnyBuffer>()                        \
@@ -431,6 +552,11 @@ extern "C" {
 // OpenMP team size for later calls; 0: sized by each problem again.
 AVJAX_EXPORT void avjax_onednn_set_threads(int n) { g_threads = n < 0 ? 0 : n; }
 
+// MACs per job when splitting a call over its batch; <= 0 restores 2^22.
+AVJAX_EXPORT void avjax_onednn_set_chunk_macs(int64_t macs) {
+  g_macs_per_chunk = macs > 0 ? macs : int64_t(1) << 22;
+}
+
 // oneDNN's runtime version, e.g. 30200 for 3.2.0; a cheap load check.
 AVJAX_EXPORT int avjax_onednn_version() {
   const dnnl_version_t* v = dnnl_version();
@@ -446,6 +572,7 @@ AVJAX_EXPORT int avjax_onednn_impl(int pass, int bf16, int n, const int64_t* dim
   Problem p;
   p.pass = Pass(pass);
   p.dtype = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  p.wdtype = p.dtype;
   p.n = n;
   p.batch = dims[0], p.cin = dims[1], p.cout = dims[2];
   const int64_t* d = dims + 3;
