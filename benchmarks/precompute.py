@@ -8,9 +8,14 @@ Why three methods: the serial script is what a researcher would otherwise write
 (target: avjax >= 1.8x its clips/s on 2 cores); the floor is the cost of merely
 decoding the clips with the same parallelism as avjax, so `avjax_time /
 floor_time` says how much work avjax adds on top of decoding (target: <= 2).
-For video sets a second floor, ffmpeg decode plus the same Haar face detections
-avjax runs (same frames, same parallelism), says how much avjax adds on top of
-the work no face-cropping pipeline can skip; the decode-only ratio stays printed.
+For video sets a second floor, ffmpeg decode plus the same face detections
+avjax runs (same frames, same parallelism, the set's detector), says how much
+avjax adds on top of the work no face-cropping pipeline can skip; the
+decode-only ratio stays printed. Video sets also time every registered version's
+per-clip work side by side (`--versions`; 1.0.0: Haar box crops, 2.0.0:
+BlazeFace, eye-aligned): the same worker pool decoding, tracking and computing
+each take, which is prepare's per-take work without the TFDS write, and print
+the newest version's clips/s over the oldest's (issue 21: frames3d >= 2x).
 
 What is timed: avjax's whole `prepare` (worker pool start-up, decoding, face
 tracking, features, TFDS ArrayRecord write, report) into a fresh data dir; the
@@ -162,10 +167,10 @@ def run_floor(takes: Sequence, feature_set: str, workers: int) -> None:
     list(pool.map(decode, paths))
 
 
-def run_detect_floor(takes: Sequence, workers: int) -> None:
+def run_detect_floor(takes: Sequence, workers: int, detector: str = "blazeface") -> None:
   """Decode + the same face detections: what no video pipeline with face crops
   can go below. Each clip is decoded by ffmpeg exactly as avjax decodes it
-  (`media.read_video`, rgb24, at most VIDEO_MAX_SIDE px) and avjax's Haar detector
+  (`media.read_video`, rgb24, at most VIDEO_MAX_SIDE px) and avjax's `detector`
   runs on the frames avjax detects on (every FACE_DETECT_EVERY-th and the last),
   with `workers` clips at a time and one OpenCV thread, as in avjax's workers; no
   tracking, crops or writing."""
@@ -179,9 +184,9 @@ def run_detect_floor(takes: Sequence, workers: int) -> None:
     indices = np.arange(0, len(frames), clip_lib.FACE_DETECT_EVERY)
     if indices[-1] != len(frames) - 1:
       indices = np.append(indices, len(frames) - 1)
-    detector = face_lib.default_detector()  # One per thread, as one per worker.
+    det = face_lib.default_detector(detector)  # One per thread, as one per worker.
     for i in indices:
-      detector.detect(frames[i])
+      det.detect_all(frames[i])
 
   threads = cv2.getNumThreads()
   cv2.setNumThreads(1)
@@ -190,6 +195,38 @@ def run_detect_floor(takes: Sequence, workers: int) -> None:
       list(pool.map(detect, [t.video_file for t in takes]))
   finally:
     cv2.setNumThreads(threads)
+
+
+# ------------------------------------------------- per-version per-clip work
+
+
+def version_work(task: tuple) -> int:
+  """One take's work for one version of a set, in a pool worker: prepare's
+  decode + face tracking (the version's detector) + features, no TFDS write."""
+  from input_pipeline import clip as clip_lib
+  from input_pipeline import features as features_lib
+  take, name, version = task
+  fs = features_lib.get_feature_set(name, version)
+  decoded = clip_lib.decode(take.take_id, audio_file=take.audio_file,
+                            video_file=take.video_file,
+                            need_audio="audio" in fs.modalities,
+                            need_video="video" in fs.modalities,
+                            detector=fs.face_detector)
+  return len(fs.compute(decoded.media()))
+
+
+def run_version_work(takes: Sequence, feature_set: str, version: str, workers: int) -> None:
+  """`version_work` on every take with prepare's pool (spawned, single-threaded
+  workers: input_pipeline.builders.base._pool; as many as prepare would start),
+  started afresh each run as prepare starts its own."""
+  from input_pipeline.builders import base
+  workers = base.worker_count(workers, len(takes), ("video",))  # As prepare decides.
+  with base._pool(workers) as pool:  # pylint: disable=protected-access
+    tasks = [(t, feature_set, version) for t in takes]
+    if pool is None:
+      list(map(version_work, tasks))
+    else:
+      list(pool.imap_unordered(version_work, tasks))
 
 
 # ---------------------------------------------------------------------- avjax
@@ -249,10 +286,21 @@ def bench_feature_set(feature_set: str, takes: Sequence, manual_dir: str, warm_d
                               f"{workers} parallel ffmpeg, output discarded"),
   }
   video = FEATURE_SETS[feature_set] == "video"
+  from input_pipeline import features as features_lib
+  newest = features_lib.get_feature_set(feature_set)
+  versions = sorted(features_lib.FEATURE_SET_VERSIONS[feature_set],
+                    key=features_lib._version_key) if video else []  # pylint: disable=protected-access
   if video:
-    methods[DETECT_FLOOR] = (lambda: run_detect_floor(takes, workers),
-                             lambda: run_detect_floor(warm_takes, workers),
-                             f"{workers} threads: decode + avjax's Haar detections")
+    det = newest.face_detector
+    methods[DETECT_FLOOR] = (lambda: run_detect_floor(takes, workers, det),
+                             lambda: run_detect_floor(warm_takes, workers, det),
+                             f"{workers} threads: decode + avjax's {det} detections")
+    for v in versions:
+      fs_v = features_lib.get_feature_set(feature_set, v)
+      methods[f"per-clip work {v}"] = (
+          lambda v=v: run_version_work(takes, feature_set, v, workers),
+          lambda v=v: run_version_work(warm_takes, feature_set, v, workers),
+          f"{workers} workers: decode + {fs_v.face_detector} track + features, no write")
   results: dict[str, common.Measurement] = {}
   one_clip = None  # avjax's warm-up on one clip: its fixed cost (pool start, imports)
   for _ in range(warmup):
@@ -283,6 +331,7 @@ def bench_feature_set(feature_set: str, takes: Sequence, manual_dir: str, warm_d
   avjax, serial, floor = ms
   if video:
     ms.append(results[DETECT_FLOOR])
+    ms += [results[f"per-clip work {v}"] for v in versions]
   print(f"\n== {feature_set} ({FEATURE_SETS[feature_set]}): {n} clips ==")
   common.measurement_table(ms)
   ratios = [
@@ -302,7 +351,17 @@ def bench_feature_set(feature_set: str, takes: Sequence, manual_dir: str, warm_d
     ratios.append(common.ratio_line(
         avjax.median / detect_floor.median,
         f"avjax_time / decode+detect_floor_time [{feature_set}] (floor = ffmpeg decode + "
-        "the same Haar detections avjax runs)", at_most=2.0))
+        f"the same {newest.face_detector} detections avjax runs)", at_most=2.0))
+    if len(versions) > 1:
+      old, new = results[f"per-clip work {versions[0]}"], results[f"per-clip work {versions[-1]}"]
+      ratios.append(common.ratio_line(
+          new.rate / old.rate,
+          f"{versions[-1]} / {versions[0]} clips/s [{feature_set}] (per-clip work: "
+          f"{newest.face_detector} vs "
+          f"{features_lib.get_feature_set(feature_set, versions[0]).face_detector})",
+          at_least=2.0))
+      print(f"info:  {old.cpu_median / max(new.cpu_median, 1e-9):.2f}  {versions[0]} CPU s / "
+            f"{versions[-1]} CPU s [{feature_set}] (load-independent; not the target)")
   extra = {"serial_cpu_over_avjax_cpu": serial.cpu_median / avjax.cpu_median}
   # Not a target: CPU seconds barely depend on the machine's load, so this says
   # how much less work avjax does per clip, whatever the parallelism bought.

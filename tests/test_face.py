@@ -351,3 +351,31 @@ def test_landmarks_are_smoothed_and_interpolated_with_the_boxes():
 def test_unknown_detector_name_is_refused():
   with pytest.raises(ValueError, match="unknown face detector 'yolo'"):
     face_lib.make_detector("yolo")
+
+
+def test_blazeface_finds_the_synthetic_faces_and_their_eyes():
+  """The synthetic corpus (which the suite and the demo prepare video sets from)
+  stays usable with the default detector: faces on (nearly) every frame of every
+  emotion, each eye landmark in the upper half of the rendered head."""
+  from input_pipeline.naming import RavdessName
+  from input_pipeline.synth import plan_clip, synth_clip
+  detector = BlazeFaceDetector()
+  hits, total, worst = 0, 0, 1.0
+  for actor in (1, 8, 13, 16, 20):
+    for emotion in range(1, 9):
+      name = RavdessName(1, 1, emotion, 1 if emotion == 1 else 2, 1 + actor % 2, 1, actor)
+      plan = plan_clip(name, 0, 1.0)
+      frames, _, _, _ = synth_clip(name, 0, 1.0)
+      found = [max(faces, key=lambda f: f.area) if faces else None
+               for faces in (detector.detect_all(fr) for fr in frames[::12])]
+      hits += sum(f is not None for f in found)
+      total += len(found)
+      worst = min(worst, np.mean([f is not None for f in found]))
+      for f in found:
+        if f is None:
+          continue
+        for ex, ey in f.landmarks[[face_lib.RIGHT_EYE, face_lib.LEFT_EYE]]:
+          assert abs(ex - plan.actor.cx) < plan.actor.face_w
+          assert plan.actor.cy - plan.actor.face_h < ey < plan.actor.cy + 0.2 * plan.actor.face_h
+  assert hits / total >= 0.95
+  assert worst >= 0.5
