@@ -229,6 +229,24 @@ def test_onednn_path_matches_xla(spatial, ksize, cin, cout, strides, padding, di
   assert len(targets) == (0 if negative else 3)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="'auto' is plain XLA off CPU")
+def test_auto_picks_onednn_per_layer_size_on_cpu():
+  video = ((32, 30, 80, 70, 16), (3, 3, 3, 16, 16), (1, 1, 1))
+  tiny = ((2, 12, 2), (3, 2, 3), (1,))
+  assert conv_module.cpu_auto_impl(*video, jnp.float32) == "onednn"
+  assert conv_module.cpu_auto_impl(*tiny, jnp.float32) == "cpu"
+  assert conv_module.cpu_auto_impl(*video, jnp.float16) == "cpu"
+  onn = (32, 32, 32, 96), (3, 3, 96, 64), (1, 1)  # Many channels in 2D: XLA's own.
+  assert conv_module.cpu_auto_impl(*onn, jnp.float32) == "cpu"
+  assert conv_module.cpu_auto_impl((32, 96, 96, 9), (3, 3, 9, 16), (1, 1),
+                                   jnp.float32) == "onednn"
+  x, w = _inputs((9, 10, 11), (3, 3, 3), 4, 8, batch=4)  # 4*990*27*4*8 MACs
+  assert conv_module.conv_macs(x.shape, w.shape, (1, 1, 1)) >= conv_module._ONEDNN_RULES[3]["min_macs"]
+  assert _ffi_targets(lambda a, b: conv_nd(a, b), x, w) == {"avjax_onednn_conv_forward"}
+  small = _inputs((4,), (3,), 2, 2)
+  assert not _ffi_targets(lambda a, b: conv_nd(a, b), *small)
+
+
 @pytest.fixture(params=["whole", "per-sample"])
 def onednn_split(request):
   """Calls run whole (small shapes) or split per sample over XLA's threads,

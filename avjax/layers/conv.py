@@ -348,12 +348,35 @@ _cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
 _ONEDNN_SERIAL = True
 
 
-# 'auto' on the CPU backend, per layer: 'onednn' or 'cpu', from
-# benchmarks/conv_ops.py (fwd + dgrad + wgrad of every conv layer of the four
-# benchmark nets, both impls in one run). PLACEHOLDER until measured.
+# 'auto' on the CPU backend, per layer: 'onednn' when oneDNN runs the dtype
+# and the layer passes its dimensionality's rule below, else the pure-XLA
+# 'cpu' path. From benchmarks/conv_ops.py --onednn --no-xla at batch 32 (fwd +
+# dgrad + wgrad of every conv layer of the four benchmark nets, both impls in
+# one run; 2 shared cores at load ~14; table in benchmarks/README.md):
+# - 3D (S1 video): oneDNN 2.5-2.9x on every layer.
+# - 1D (S1 audio, FERCNN): oneDNN 1.0-6x down to FERCNN's 64->32 on 3
+#   positions (0.2M MACs); it lost only on the smoke shapes (~400 MACs, 0.8x),
+#   where XLA's fused conv beats a custom call's fixed cost: min_macs.
+# - 2D (S5 ONN): oneDNN 3.4-3.9x with 3-9 input channels and 1.1-2.5x at 48,
+#   but 0.83x at 96->64 on 32x32 (XLA:CPU's 2D conv is at its best with many
+#   channels): max_cin.
+_ONEDNN_RULES = {1: {"min_macs": 2**16},
+                 2: {"min_macs": 2**16, "max_cin": 48},
+                 3: {"min_macs": 2**16}}
+
+
+def conv_macs(x_shape, w_shape, strides) -> int:
+  """batch x output positions (SAME-sized) x kernel taps x Cin x Cout."""
+  out = [-(-size // s) for size, s in zip(x_shape[1:-1], strides)]
+  return x_shape[0] * math.prod(out) * math.prod(w_shape)
+
+
 def cpu_auto_impl(x_shape, w_shape, strides, dtype) -> str:
-  """What 'auto' runs on CPU for one convolution: see the table above."""
-  del x_shape, w_shape, strides
+  """What 'auto' runs on CPU for one convolution: see _ONEDNN_RULES."""
+  rule = _ONEDNN_RULES[len(w_shape) - 2]
+  if (conv_macs(x_shape, w_shape, strides) < rule["min_macs"]
+      or w_shape[-2] > rule.get("max_cin", w_shape[-2])):
+    return "cpu"
   return "onednn" if onednn_supports(dtype) else "cpu"
 
 
