@@ -119,3 +119,14 @@ def test_export_keeps_a_portable_function():
   np.testing.assert_allclose(np.asarray(again.call(a, b)),
                              np.asarray(_ref(a, b, (1, 1), ((1, 1), (1, 1)))),
                              rtol=1e-4, atol=1e-4)
+
+
+def test_build_without_a_compiler_says_so_in_one_line_and_keeps_the_library():
+  before = os.path.getmtime(onednn.LIBRARY)
+  env = dict(os.environ, CXX="/nonexistent/c++")
+  done = subprocess.run([sys.executable, "-m", "avjax.ops.build", "--force"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.startswith("avjax.ops.build: not built, avjax will use its XLA "
+                                "convolutions:")
+  assert os.path.getmtime(onednn.LIBRARY) == before

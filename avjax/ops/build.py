@@ -54,7 +54,10 @@ def build(force: bool = False) -> str | None:
   tmp = LIBRARY + ".tmp"
   cmd = command(compiler)
   cmd[cmd.index(LIBRARY)] = tmp
-  done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  try:
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  except OSError as e:
+    return f"cannot run {compiler}: {e}"
   if done.returncode != 0:
     return f"{' '.join(cmd)} failed:\n{done.stderr.strip()[-4000:]}"
   os.replace(tmp, LIBRARY)
