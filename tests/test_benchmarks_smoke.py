@@ -49,12 +49,14 @@ def test_benchmarks_run_in_smoke_mode(tmp_path):
   stdout = _run("benchmarks.precompute", "--smoke", "--corpus", str(corpus),
                 "--workers", "1", "--keep-data", str(data), "--json",
                 str(tmp_path / "p.json"))
-  # 3 ratios per feature set, plus the decode + face detection floor's for video.
-  assert len(RATIO.findall(stdout)) == 7, stdout
+  # 3 ratios per feature set, plus for video the decode + face detection floor's
+  # and the newest version's per-clip work over the oldest's.
+  assert len(RATIO.findall(stdout)) == 8, stdout
   result = json.loads((tmp_path / "p.json").read_text())
   assert [r["feature_set"] for r in result["results"]] == ["mfcc", "frames3d_gray_80x70x30"]
-  assert [len(r["ratios"]) for r in result["results"]] == [3, 4]
+  assert [len(r["ratios"]) for r in result["results"]] == [3, 5]
   assert "decode+detect_floor" in result["results"][1]["ratios"][3]["label"]
+  assert "2.0.0 / 1.0.0 clips/s" in result["results"][1]["ratios"][4]["label"]
 
   stdout = _run("benchmarks.loader_throughput", "--smoke", "--data-dir", str(data),
                 "--json", str(tmp_path / "l.json"))
