@@ -64,8 +64,13 @@ class Face:
 class _Detector:
   """Shared plumbing: the model is loaded on first use and dropped when pickled,
   so a detector can be handed to multiprocessing workers (cv2 objects cannot be
-  pickled), and `clones` gives other threads models of their own."""
+  pickled), and `clones` gives other threads models of their own.
+
+  `largest_per_frame`: track the largest detection of each frame (the rule the
+  1.0.0 feature sets were prepared with, kept for Haar so they stay
+  reproducible) instead of the largest face tracked over time."""
   name = ""
+  largest_per_frame = False
 
   def __init__(self):
     self._model = None
@@ -106,6 +111,7 @@ def _check_frame(frame_rgb: np.ndarray) -> np.ndarray:
 class FaceDetector(_Detector):
   """Frontal faces via OpenCV's Haar cascade (the 1.0.0 feature sets' detector)."""
   name = "haar"
+  largest_per_frame = True  # As 1.0.0 was prepared.
 
   def __init__(self, max_side: int = 240, scale_factor: float = 1.1,
                min_neighbors: int = 5, min_size_frac: float = 0.12):
@@ -480,8 +486,8 @@ def track_faces(frames: np.ndarray, detector: _Detector | str | None = None,
                 every: int = 1, threads: int = 1,
                 path: str | os.PathLike | None = None) -> FaceTrack:
   """Detects on every `every`-th frame (and the last) and tracks the largest face
-  seen over time (`choose_track`), one box per frame; `n_faces` says how many
-  faces were tracked. `detector` is a detector or its name (default: the
+  seen over time (`choose_track`; Haar: the largest of each frame, as 1.0.0 was
+  prepared), one box per frame; `n_faces` says how many faces were tracked. `detector` is a detector or its name (default: the
   default BlazeFace). Raises NoFaceError naming `path` (the clip's file) when no
   searched frame has a face.
 
@@ -508,7 +514,10 @@ def track_faces(frames: np.ndarray, detector: _Detector | str | None = None,
   if not tracks:
     raise NoFaceError(path, len(indices), n)
   chosen, n_faces = choose_track(tracks)
-  picked = [chosen.get(pos) for pos in range(len(indices))]
+  if detector.largest_per_frame:
+    picked = [max(faces, key=lambda f: f.area) if faces else None for faces in per_frame]
+  else:
+    picked = [chosen.get(pos) for pos in range(len(indices))]
   track = track_from_detections(
       n, indices, [None if f is None else f.box for f in picked], path=path,
       landmarks=[None if f is None else f.landmarks for f in picked])

@@ -379,3 +379,30 @@ def test_blazeface_finds_the_synthetic_faces_and_their_eyes():
           assert plan.actor.cy - plan.actor.face_h < ey < plan.actor.cy + 0.2 * plan.actor.face_h
   assert hits / total >= 0.95
   assert worst >= 0.5
+
+
+@needs_fixtures
+def test_haar_tracks_as_the_1_0_0_sets_were_prepared(flv_frames):
+  """Haar keeps 1.0.0's rule, the largest box of each frame, so 1.0.0 data can be
+  reproduced; BlazeFace ignores a large face seen on one frame only."""
+  import cv2
+  x, y, w, h = (int(v) for v in FaceDetector().detect(flv_frames[0]))
+  # Room on the right, where frame 6 alone gets a copy of its head, 1.6x larger.
+  n, fh, fw = 15, flv_frames.shape[1], flv_frames.shape[2]
+  m = w // 3
+  region = flv_frames[6, max(0, y - m):y + h + m, max(0, x - m):x + w + m]
+  big = cv2.resize(region, None, fx=1.6, fy=1.6)[:fh]
+  frames = np.full((n, fh, fw + big.shape[1], 3), 90, np.uint8)
+  frames[:, :, :fw] = flv_frames[:n]
+  frames[6, :big.shape[0], fw:] = big
+  indices = np.array([0, 3, 6, 9, 12, 14])  # Every 3rd, and the last.
+  haar = FaceDetector()
+  assert len(haar.detect_all(frames[6])) >= 2  # Both faces, on that frame.
+  old = track_from_detections(15, indices, [haar.detect(frames[i]) for i in indices])
+  got = track_faces(frames, haar, every=3)
+  _assert_same_track(got, old)
+  assert max(f.area for f in haar.detect_all(frames[6])) > 2 * w * h  # The giant wins there.
+  assert old.source[6] == DETECTED
+  blaze = track_faces(frames, BlazeFaceDetector(), every=3)
+  assert blaze.n_faces == 1
+  assert blaze.boxes[6, 0] + blaze.boxes[6, 2] < fw  # The one-frame giant is not the track.
