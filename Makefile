@@ -8,7 +8,7 @@ DEMO_WORKDIR ?= demo_workdir
 # Parallel test workers; CI has 2 cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-slow venv ops clean
+.PHONY: demo test test-slow test-real venv ops clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ test: $(STAMP) $(OPS_LIB)
 # test's output: the learning tests' WA per fold.
 test-slow: $(STAMP) $(OPS_LIB)
 	$(PY) -m pytest -m slow -p no:xdist -rA --durations=0
+
+# Real speech (../shared/real): avjax's audio system on one actor fold, WA >= 50 %.
+test-real: $(STAMP) $(OPS_LIB)
+	$(PY) -m pytest -m real -p no:xdist -rA --durations=0
 
 clean:
 	rm -rf $(VENV) $(DEMO_WORKDIR) .pytest_cache $(OPS_LIB)

@@ -21,6 +21,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from input_pipeline import augment as augment_lib
 from input_pipeline.errors import ConfigError
 
 Example = Mapping[str, Any]
@@ -144,97 +145,35 @@ def eval_batches(source: Sequence[Example], *, batch_size: int, shard_index: int
 
 # --- Augmentations (train only, from config) -----------------------------------
 
-
-class SpecAugment(grain.transforms.RandomMap):
-  """Time and frequency masks on (time, freq) features, SpecAugment-style. Masked
-  cells get the feature's mean, so masking does not shift the input distribution."""
-
-  def __init__(self, key: str, time_masks: int = 2, time_width: int = 20,
-               freq_masks: int = 2, freq_width: int = 4):
-    self.key, self.time_masks, self.time_width = key, time_masks, time_width
-    self.freq_masks, self.freq_width = freq_masks, freq_width
-
-  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-    x = np.array(element[self.key], copy=True)
-    t, f = x.shape[-2], x.shape[-1]
-    fill = x.mean()
-    for _ in range(self.time_masks):
-      w = int(rng.integers(0, self.time_width + 1))
-      s = int(rng.integers(0, max(t - w, 0) + 1))
-      x[..., s:s + w, :] = fill
-    for _ in range(self.freq_masks):
-      w = int(rng.integers(0, self.freq_width + 1))
-      s = int(rng.integers(0, max(f - w, 0) + 1))
-      x[..., :, s:s + w] = fill
-    element = dict(element)
-    element[self.key] = x
-    return element
-
-
-class RandomFrameCropFlip(grain.transforms.RandomMap):
-  """Random spatial crop (then zero-pad back to size) and horizontal flip of a
-  frames tensor (..., H, W, C). Faces are left-right symmetric enough that the
-  flip keeps the label."""
-
-  def __init__(self, key: str, max_shift: int = 4, flip: bool = True):
-    self.key, self.max_shift, self.flip = key, max_shift, flip
-
-  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
-    x = np.asarray(element[self.key])
-    h, w = x.shape[-3], x.shape[-2]
-    dy, dx = (int(v) for v in rng.integers(-self.max_shift, self.max_shift + 1, size=2))
-    out = np.zeros_like(x)
-    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
-    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
-    out[..., yd, xd, :] = x[..., ys, xs, :]
-    if self.flip and rng.random() < 0.5:
-      out = out[..., :, ::-1, :]
-    element = dict(element)
-    element[self.key] = np.ascontiguousarray(out)
-    return element
-
-
-class Mixup(grain.transforms.RandomMap):
-  """Batch-level mixup: mixes each example with another of the same batch. Adds
-  `mixup_label` (the partner's label) and `mixup_lambda` (the weight of `label`);
-  the loss mixes the two cross-entropies with that weight."""
-
-  def __init__(self, keys: Sequence[str], alpha: float = 0.2):
-    self.keys, self.alpha = tuple(keys), alpha
-
-  def random_map(self, batch: dict, rng: np.random.Generator) -> dict:
-    n = batch["label"].shape[0]
-    perm = rng.permutation(n)
-    lam = rng.beta(self.alpha, self.alpha, size=(n,)).astype(np.float32)
-    lam = np.maximum(lam, 1.0 - lam)  # The original example always dominates.
-    batch = dict(batch)
-    for k in self.keys:
-      x = batch[k].astype(np.float32)
-      shape = (n,) + (1,) * (x.ndim - 1)
-      batch[k] = lam.reshape(shape) * x + (1.0 - lam.reshape(shape)) * x[perm]
-    batch["mixup_label"] = batch["label"][perm]
-    batch["mixup_lambda"] = lam
-    return batch
+# The transforms live in input_pipeline/augment.py; these names stay importable here.
+SpecAugment, RandomFrameCropFlip, Mixup = (
+    augment_lib.SpecAugment, augment_lib.RandomFrameCropFlip, augment_lib.Mixup)
 
 
 def augmentations_from_config(augment: Mapping[str, Any] | None
                               ) -> tuple[list[grain.transforms.RandomMap], Mixup | None]:
   """Builds per-example transforms and an optional batch-level Mixup from a config
-  section like {'spec_augment': {'key': 'mfcc', ...}, 'frames': {...}, 'mixup': {...}}."""
-  per_example: list[grain.transforms.RandomMap] = []
+  section like {'time_crop': {'key': 'logmel', 'length': 300}, 'spec_augment':
+  {'key': 'logmel', ...}, 'mixup': {...}}. Per-example transforms run in
+  augment.PER_EXAMPLE's order (speed, pitch, crop, masks, frames), whatever the
+  section's order; `enabled: False` turns one off."""
+  chosen: dict[str, dict] = {}
   mixup = None
+  known = (*augment_lib.PER_EXAMPLE, *augment_lib.BATCH)
   for name, params in (augment or {}).items():
     params = dict(params or {})
+    if name not in known:
+      raise ConfigError(f"unknown augmentation {name!r} (known: {', '.join(known)})")
     if not params.pop("enabled", True):
       continue
-    if name == "spec_augment":
-      per_example.append(SpecAugment(**params))
-    elif name == "frames":
-      per_example.append(RandomFrameCropFlip(**params))
-    elif name == "mixup":
-      mixup = Mixup(**params)
-    else:
-      raise ConfigError(f"unknown augmentation {name!r} (known: spec_augment, frames, mixup)")
+    try:
+      if name in augment_lib.BATCH:
+        mixup = augment_lib.BATCH[name](**params)
+      else:
+        chosen[name] = augment_lib.PER_EXAMPLE[name](**params)
+    except TypeError as e:
+      raise ConfigError(f"config.data.augment.{name}: {e}") from e
+  per_example = [chosen[n] for n in augment_lib.PER_EXAMPLE if n in chosen]
   return per_example, mixup
 
 

@@ -163,3 +163,4 @@ from avjax.models import dvemotionnet  # noqa: E402,F401  pylint: disable=g-impo
 from avjax.models import mocanu  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from avjax.models import akturk  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from avjax.models import satvik  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from avjax.models import avjax_audio  # noqa: E402,F401  pylint: disable=g-import-not-at-top
