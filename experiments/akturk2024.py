@@ -35,6 +35,14 @@ Choices the review leaves open (ours):
     at norm 1 (higher powers make the early gradients spiky), unweighted
     cross-entropy; the checkpoint reported is the best by validation UAR.
 
+On real speech (issue 18): the `mel` ablation cannot run on audio-only takes.
+Its input comes from `keyframe_mel`, a set that needs the video (the key frame
+is picked from the face track), so `avjax prepare --features keyframe_mel` on
+the shared real set (../shared/real/ravdess_speech_16k: `03-` wav files only)
+skips all 720 takes ("no video file for this take") and prepares nothing. Its
+row in the real-speech table is therefore empty; it needs the `01-` mp4s of a
+full RAVDESS download.
+
 Launch:
   avjax train --config experiments/akturk2024.py:fusion --workdir runs/s5_fusion
   avjax train --config experiments/akturk2024.py:keyframe --workdir runs/s5_keyframe

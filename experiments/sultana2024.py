@@ -23,6 +23,17 @@ dropout off, no gradient). `pretrained.audio.workdir` / `pretrained.video.workdi
 point at finished unimodal runs; left empty, they are trained on the fly into
 <workdir>/branch_audio and <workdir>/branch_video.
 
+On real speech (issue 18; README, "Real speech (RAVDESS actors 1-12)"): the
+audio recipe as above scores 34.0 ± 6.7 % WA over the 6 `actor_kfold` folds of
+the shared set (8 training actors per fold) and 52.8 % on the LEAKY random clip
+split, against the paper's 64.09 % on theirs. It fails by memorising who is
+speaking: the Flatten -> Dense 256 head over the whole MFCC map fits every
+training clip by step 120-160 (train accuracy 1.00 in all 6 folds), after which
+the validation loss only rises (minimum 1.6-2.1, last 3.0-8.4), so the best
+checkpoint by validation UAR comes early (steps 75-270 of 375) at 0.27-0.52.
+The row keeps the paper's recipe; avjax's own audio system
+(experiments/avjax_audio.py) is the one built for unseen actors.
+
 Launch:
   avjax train --config experiments/sultana2024.py:audio --workdir runs/s1_audio
   avjax train --config experiments/sultana2024.py:video,tpu_v3_8 --workdir gs://.../s1_video
