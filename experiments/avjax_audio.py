@@ -48,7 +48,10 @@ run) allowed one short round per question:
     the speech, 38-64 dB down) against not: 0.51 / 0.30 against 0.47 / 0.27
     at step 270, 0.56 / 0.34 against 0.47 / 0.30 at step 300 (best so far).
     Kept.
-The 6-fold result with this config is in the README (Real speech).
+With this config, the full runs (600 steps) reach validation UAR 0.64 / 0.41
+on folds 0 / 1. The 6-fold test result (README, Real speech, `avjax results
+... --protocols actor,leaky`): WA 49.2 ± 8.8 %, UAR 47.4 ± 9.7 % (LEAKY random
+clip split: 66.7 %), short of the issue's 70 % target.
 
 Launch (prepare once: `avjax prepare --dataset ravdess --manual-dir DIR
 --data-dir DATA --features logmel`):

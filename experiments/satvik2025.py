@@ -40,6 +40,13 @@ Choices the paper leaves open (ours):
     unimodal runs; left empty, they are trained on the fly into
     <workdir>/branch_audio and <workdir>/branch_video on the same fold.
 
+On real speech (issue 18; README, "Real speech (RAVDESS actors 1-12)"): only
+`audio,small` was run (the full network's 50 epochs would have taken hours on
+the shared 2-core CPU): 22.8 ± 6.2 % WA over the 6 `actor_kfold` folds, 25.0 %
+LEAKY. At that size it had not fitted its training actors after 600 steps
+(train accuracy 0.31-0.59), so the row says little about the paper's recipe;
+the paper's row is kept as it is.
+
 Launch:
   avjax train --config experiments/satvik2025.py:video --workdir runs/s3_video
   avjax train --config experiments/satvik2025.py:audio,gpu --workdir runs/s3_audio
