@@ -135,28 +135,6 @@ def test_bad_files_raise_one_line_input_error(tmp_path, make_bad, reader):
   _assert_one_line_naming(exc.value, path)
 
 
-def test_mp4_cut_after_its_index_raises(tmp_path):
-  """A faststart mp4 (index first) cut in half still probes, but must not decode
-  silently to half a clip."""
-  fps, sr = 30.0, 48000
-  frames, audio = _test_clip(1.0, fps, sr)
-  frames = np.random.default_rng(2).integers(0, 256, frames.shape, dtype=np.uint8)
-  whole = tmp_path / "whole.mp4"
-  media.write_av(whole, frames, fps, audio, sr)
-  faststart = tmp_path / "faststart.mp4"
-  subprocess.run([media.ffmpeg_exe(), "-v", "error", "-i", str(whole), "-c", "copy",
-                  "-movflags", "+faststart", str(faststart)], check=True)
-  cut = tmp_path / "cut.mp4"
-  data = faststart.read_bytes()
-  cut.write_bytes(data[:len(data) // 2])
-  assert media.probe(cut).has_video       # the index is intact...
-  for reader in (media.read_video, media.read_audio):
-    with pytest.raises(InputError) as exc:  # ...but the data is not
-      reader(cut)
-    _assert_one_line_naming(exc.value, cut)
-    assert "truncated" in str(exc.value)
-
-
 def _faststart_cut(tmp_path, seconds: float = 1.0) -> tuple[Path, Path]:
   """A whole faststart mp4 and its first half: the index survives the cut, the data
   does not (the case a header-only probe passes)."""
@@ -172,6 +150,18 @@ def _faststart_cut(tmp_path, seconds: float = 1.0) -> tuple[Path, Path]:
   data = faststart.read_bytes()
   cut.write_bytes(data[:len(data) // 2])
   return faststart, cut
+
+
+def test_mp4_cut_after_its_index_raises(tmp_path):
+  """A faststart mp4 (index first) cut in half still probes, but must not decode
+  silently to half a clip."""
+  _, cut = _faststart_cut(tmp_path)
+  assert media.probe(cut).has_video       # the index is intact...
+  for reader in (media.read_video, media.read_audio):
+    with pytest.raises(InputError) as exc:  # ...but the data is not
+      reader(cut)
+    _assert_one_line_naming(exc.value, cut)
+    assert "truncated" in str(exc.value)
 
 
 def test_check_stream_accepts_what_the_readers_accept_and_refuses_the_rest(tmp_path):

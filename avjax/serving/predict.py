@@ -156,6 +156,12 @@ class ModelNeeds:
   feature_sets: tuple[str, ...]
   window_seconds: float | None
 
+  @classmethod
+  def from_metadata(cls, meta) -> "ModelNeeds":
+    """From an export's metadata.json."""
+    return cls(tuple(meta["modalities"]), tuple(meta["feature_sets"]),
+               meta.get("window_seconds"))
+
 
 def model_needs(model_dir: str) -> ModelNeeds | None:
   """From an export's metadata.json or a training workdir's config.json; None when
@@ -163,9 +169,7 @@ def model_needs(model_dir: str) -> ModelNeeds | None:
   from input_pipeline import clip as clip_lib  # pylint: disable=g-import-not-at-top
   model_dir = os.path.abspath(model_dir)
   if artifact.is_export_dir(model_dir):
-    meta = artifact.read_metadata(model_dir)
-    return ModelNeeds(tuple(meta["modalities"]), tuple(meta["feature_sets"]),
-                      meta.get("window_seconds"))
+    return ModelNeeds.from_metadata(artifact.read_metadata(model_dir))
   config_path = os.path.join(model_dir, "config.json")
   if not os.path.isfile(config_path):
     return None
@@ -206,15 +210,12 @@ def predict_file(path: str, model: artifact.ExportedModel | str, *,
   path = _check_file(path)
   if isinstance(model, (str, os.PathLike)):
     # A workdir is exported to a temporary directory: report the user's path.
-    model_path = os.path.abspath(model)
-    needs = model_needs(model_path)
-    if needs is None:  # Nothing to read it from without loading: load now.
+    model_path, needs = os.path.abspath(model), model_needs(model)
+    if needs is None:  # Nothing says it without loading the model: load it now.
       model = load_model(model_path)
   else:
-    model_path = model.directory
-  if not isinstance(model, (str, os.PathLike)):
-    needs = ModelNeeds(tuple(model.modalities), tuple(model.feature_sets),
-                       model.metadata.get("window_seconds"))
+    model_path, needs = model.directory, None
+  needs = needs or ModelNeeds.from_metadata(model.metadata)
   window = float(window) if window is not None else float(
       needs.window_seconds or clip_lib.natural_window(needs.feature_sets))
   if not window > 0 or not hop > 0:

@@ -48,8 +48,6 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
 
   Decoding and face tracking go through input_pipeline.clip, the path `predict`
   takes too, so a served clip is featurised exactly as a training one."""
-  from input_pipeline import media  # Imported here: heavy, worker-side.
-
   feature_set = features_lib.get_feature_set(feature_set_name)
   need_audio = "audio" in feature_set.modalities
   need_video = "video" in feature_set.modalities
@@ -72,8 +70,8 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
   # (header and packets, no decode) as the decoding path would check it, so a
   # truncated 01- mp4 beside a good 03- wav is has_video=False for `mfcc`, and an
   # mp4 without its audio track (a RAVDESS fixture) has_audio=False.
-  has_audio = audio is not None or (not need_audio and _usable(media, take.audio_file, "audio"))
-  has_video = frames is not None or (not need_video and _usable(media, take.video_file, "video"))
+  has_audio = audio is not None or (not need_audio and _usable(take.audio_file, "audio"))
+  has_video = frames is not None or (not need_video and _usable(take.video_file, "video"))
   example = {
       "clip_id": take.take_id,
       "take_id": take.take_id,
@@ -95,7 +93,8 @@ def compute_example(take: Take, feature_set_name: str) -> tuple[str, dict | Skip
   return take.take_id, example
 
 
-def _usable(media, path: str | None, modality: str) -> bool:
+def _usable(path: str | None, modality: str) -> bool:
+  from input_pipeline import media  # Imported here: heavy, worker-side.
   if path is None:
     return False
   try:
