@@ -340,6 +340,116 @@ def test_onednn_with_sharded_batch_on_8_devices():
   _close(y, jax.jit(lambda a, b: conv_nd(a, b, impl="xla"))(xs, ws))
 
 
+# ------------------------------------------- fused bias + ReLU (conv_bias_act)
+# With oneDNN the bias add and ReLU are post-ops of the forward call; the
+# function and both gradients (and the bias's) must be those of
+# relu(conv + bias) in plain XLA.
+
+FUSED = "avjax_onednn_conv_forward_bias_act"
+
+
+def _bias_act_and_grads(impl, activation, x, w, b, strides=1, padding="SAME", dilation=1,
+                        sharded=None):
+  f = lambda x_, w_, b_: conv_module.conv_bias_act(x_, w_, b_, strides, padding, dilation,
+                                                   impl=impl, activation=activation)
+  y_shape = jax.eval_shape(f, x, w, b).shape
+  g = np.random.default_rng(3).standard_normal(y_shape).astype(np.float32)
+
+  def run(x, w, b, g):
+    y, vjp = jax.vjp(f, x, w, b)
+    return (y, *vjp(g))
+  return jax.jit(run)(x, w, b, g), jax.jit(run).lower(x, w, b, g).compile().as_text()
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[10], CASES[12]])
+def test_fused_bias_act_matches_xla(onednn_split, case, activation):
+  spatial, ksize, cin, cout, strides, padding, dilation = case
+  x, w = _inputs(spatial, ksize, cin, cout, batch=3)
+  b = np.random.default_rng(2).standard_normal((cout,)).astype(np.float32)
+  ref, _ = _bias_act_and_grads("xla", activation, x, w, b, strides, padding, dilation)
+  got, hlo = _bias_act_and_grads("onednn", activation, x, w, b, strides, padding, dilation)
+  if activation == "relu":  # Both signs present, so the mask is exercised.
+    assert 0 < float(jnp.mean(ref[0] > 0)) < 1
+  for a, r in zip(got, ref):
+    _close(a, r)
+  assert FUSED in hlo and "avjax_onednn_conv_forward\"" not in hlo
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_fused_bias_act_under_vmap_matches_xla(mapped):
+  """Unmapped kernel and bias fold the vmap axis into the batch; mapped loop."""
+  rng = np.random.default_rng(8)
+  x = rng.standard_normal((3, 2, 5, 6, 4, 2)).astype(np.float32)
+  ws = rng.standard_normal((3, 3, 3, 3, 2, 4)).astype(np.float32) / 6
+  bs = rng.standard_normal((3, 4)).astype(np.float32)
+  axis = 0 if mapped else None
+  w, b = (ws, bs) if mapped else (ws[0], bs[0])
+
+  def run(impl):
+    f = lambda a, k, c: conv_module.conv_bias_act(a, k, c, impl=impl, activation="relu")
+    loss = lambda a, k, c: jnp.sum(jnp.sin(f(a, k, c)))
+    y = jax.jit(jax.vmap(f, (0, axis, axis)))(x, w, b)
+    grads = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2)), (0, axis, axis)))(x, w, b)
+    return (y, *grads)
+  for a, r in zip(run("onednn"), run("xla")):
+    _close(a, r)
+
+
+def test_fused_bias_act_with_sharded_batch_on_8_devices():
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  devices = jax.devices()
+  if len(devices) < 2:
+    pytest.skip("needs several (simulated) devices; conftest asks for 8")
+  mesh = Mesh(np.array(devices), ("data",))
+  x, w = _inputs((5, 6, 7), (3, 3, 3), 3, 4, batch=2 * len(devices))
+  b = np.random.default_rng(4).standard_normal((4,)).astype(np.float32)
+  xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+  ref, _ = _bias_act_and_grads("xla", "relu", xs, w, b)
+  got, hlo = _bias_act_and_grads("onednn", "relu", xs, w, b)
+  for a, r in zip(got, ref):
+    _close(a, r)
+  assert got[0].sharding.spec == P("data")
+  fused = [line for line in hlo.splitlines() if f'custom_call_target="{FUSED}"' in line]
+  assert len(fused) == 1 and "f32[2,5,6,7,3]" in fused[0]  # Its own shard only.
+
+
+def test_conv_module_activation_is_relu_after_the_bias():
+  """Same parameters as without `activation`, so checkpoints load either way."""
+  x, _ = _inputs((6, 7, 5), (3, 3, 3), 2, 1, batch=2)
+  plain = Conv(4, (3, 3, 3), impl="onednn", bias_init=nn.initializers.normal(1.0))
+  fused = Conv(4, (3, 3, 3), impl="onednn", activation="relu",
+               bias_init=nn.initializers.normal(1.0))
+  params = plain.init(jax.random.PRNGKey(0), x)
+  assert (jax.tree.map(jnp.shape, fused.init(jax.random.PRNGKey(0), x))
+          == jax.tree.map(jnp.shape, params))
+  _close(jax.jit(fused.apply)(params, x), nn.relu(jax.jit(plain.apply)(params, x)))
+  with pytest.raises(ValueError, match="activation must be one of"):
+    Conv(4, (3, 3, 3), activation="gelu").init(jax.random.PRNGKey(0), x)
+
+
+def test_models_conv_applies_the_activation_after_another_factory():
+  from avjax import models
+  x, _ = _inputs((6, 5), (3, 3), 2, 1, batch=2)
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return models.conv(3, (3, 3), activation="relu",
+                         bias_init=nn.initializers.normal(1.0))(x)
+
+  previous = models.set_conv_factory(nn.Conv)
+  try:
+    net = Net()
+    params = net.init(jax.random.PRNGKey(0), x)
+    y = net.apply(params, x)
+  finally:
+    models.set_conv_factory(previous)
+  ref = nn.relu(nn.Conv(3, (3, 3)).apply({"params": params["params"]["Conv_0"]}, x))
+  _close(y, ref)
+  assert float(jnp.min(y)) == 0.0
+
+
 def test_max_pool_onednn_takes_the_cpu_backward():
   x, _ = _inputs((6, 8), (2, 2), 3, 1)
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda a: jnp.sum(max_pool(a, (2, 2), (2, 2),

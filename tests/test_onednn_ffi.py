@@ -44,14 +44,22 @@ def test_raw_targets_under_vmap_expand_dims(mapped_w):
   w = rng.standard_normal(((2, 3) if mapped_w else ()) + (3, 3, 3, 4)).astype(np.float32)
   y_shape = jax.eval_shape(lambda a, b: _ref(a, b, strides, pads), x[0, 0], w[0, 0] if
                            mapped_w else w).shape
-  fwd = lambda a, b: onednn._call("forward", y_shape, a.dtype, a, b, strides, dil, pads)
+  fwd = lambda a, b: onednn._call("forward", y_shape, a.dtype, (a, b), strides, dil, pads)
   wmap = 0 if mapped_w else None
   got = jax.jit(jax.vmap(jax.vmap(fwd, (0, wmap)), (0, wmap)))(x, w)
   ref = jax.vmap(jax.vmap(lambda a, b: _ref(a, b, strides, pads), (0, wmap)), (0, wmap))(x, w)
   np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-4)
+  # The fused forward: its bias is mapped (a different one per element) with w.
+  bias = rng.standard_normal(((2, 3) if mapped_w else ()) + (4,)).astype(np.float32)
+  fused = lambda a, b, c: onednn._call("forward_bias_act", y_shape, a.dtype, (a, b, c),
+                                       strides, dil, pads, relu=True)
+  got = jax.jit(jax.vmap(jax.vmap(fused, (0, wmap, wmap)), (0, wmap, wmap)))(x, w, bias)
+  ref_fused = jax.vmap(jax.vmap(lambda a, b, c: jax.nn.relu(_ref(a, b, strides, pads) + c),
+                                (0, wmap, wmap)), (0, wmap, wmap))(x, w, bias)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(ref_fused), rtol=1e-4, atol=1e-4)
   g = rng.standard_normal(ref.shape).astype(np.float32)
   w_shape = w.shape[-4:]
-  wgrad = lambda a, b: onednn._call("backward_weights", w_shape, a.dtype, a, b, strides,
+  wgrad = lambda a, b: onednn._call("backward_weights", w_shape, a.dtype, (a, b), strides,
                                     dil, pads)
   got_w = jax.jit(jax.vmap(jax.vmap(wgrad)))(x, g)
   ref_w = jax.vmap(jax.vmap(lambda a, b: jax.vjp(
@@ -64,7 +72,7 @@ def test_target_rejects_float16_with_a_clear_error():
   w = jnp.ones((3, 2, 2), jnp.float16)
   with pytest.raises(Exception, match="only float32 and bfloat16"):
     jax.block_until_ready(jax.jit(lambda a, b: onednn._call(
-        "forward", (1, 3, 2), a.dtype, a, b, (1,), (1,), ((0, 0),)))(x, w))
+        "forward", (1, 3, 2), a.dtype, (a, b), (1,), (1,), ((0, 0),)))(x, w))
 
 
 def test_implementations_are_onednn_jit_kernels():

@@ -415,6 +415,35 @@ def _onednn_conv_bwd(strides, pads, dilation, res, g):
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 
+# conv + bias (+ ReLU) as one oneDNN call. The backward keeps the output, not
+# the pre-activation: y > 0 exactly where conv + bias > 0, so the ReLU mask is
+# the same as `nn.relu`'s gradient (0 at 0).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _onednn_conv_bias_act(x, w, b, strides, pads, dilation, relu):
+  return _onednn_conv_bias_act_fwd(x, w, b, strides, pads, dilation, relu)[0]
+
+
+def _onednn_conv_bias_act_fwd(x, w, b, strides, pads, dilation, relu):
+  from avjax.ops import onednn  # pylint: disable=g-import-not-at-top
+  y = onednn.forward_bias_act(x, w, b, strides, dilation, pads, relu)
+  return y, (x, w, y if relu else None)
+
+
+def _onednn_conv_bias_act_bwd(strides, pads, dilation, relu, res, g):
+  x, w, y = res
+  g = g.astype(x.dtype)
+  if relu:
+    g = jnp.where(y > 0, g, jnp.zeros_like(g))
+  db = jnp.sum(g, axis=tuple(range(g.ndim - 1)), dtype=jnp.float32).astype(x.dtype)
+  dx, dw = _onednn_conv_bwd(strides, pads, dilation, (x, w), g)
+  return dx, dw, db
+
+
+_onednn_conv_bias_act.defvjp(_onednn_conv_bias_act_fwd, _onednn_conv_bias_act_bwd)
+
+ACTIVATIONS = {None: None, "relu": nn.relu}
+
+
 def conv_nd(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
             padding: PaddingLike = "SAME", dilation: int | Sequence[int] = 1,
             impl: str = "auto", precision: Any = None) -> Array:
@@ -429,6 +458,21 @@ def conv_nd(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
   if x.ndim != n + 2:
     raise ValueError(f"a {n}D kernel needs (batch, *{n} spatial, channels) input, "
                      f"got shape {x.shape}")
+  strides, dilation, pads, impl = _resolve(x, kernel, strides, padding, dilation, impl)
+  if impl == "onednn":
+    return _onednn_conv(x, kernel, strides, pads, dilation)
+  plain_on_cpu = _CPU_FORWARD[n] == "xla" and _CPU_WGRAD[n] == "xla"
+  if impl == "xla" or plain_on_cpu:
+    return lax.conv_general_dilated(
+        x, kernel, strides, pads, rhs_dilation=dilation,
+        dimension_numbers=_dimension_numbers(n), precision=precision)
+  return _cpu_conv(x, kernel, strides, pads, dilation)
+
+
+def _resolve(x, kernel, strides, padding, dilation, impl):
+  """Checked strides, dilation and explicit pads, and the implementation that
+  runs this convolution ('onednn' only where oneDNN takes it)."""
+  n = kernel.ndim - 2
   strides = _tuple(strides, n, "strides")
   dilation = _tuple(dilation, n, "dilation")
   pads = explicit_padding(padding, x.shape[1:-1], kernel.shape[:n], strides, dilation)
@@ -436,17 +480,30 @@ def conv_nd(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
   impl = resolve_impl(impl)
   if auto and impl == "cpu":
     impl = cpu_auto_impl(x.shape, kernel.shape, strides, x.dtype)
-  if impl == "onednn":
-    if (x.dtype == kernel.dtype and min(min(p) for p in pads) >= 0
-        and onednn_supports(x.dtype)):
-      return _onednn_conv(x, kernel, strides, pads, dilation)
+  if impl == "onednn" and not (x.dtype == kernel.dtype and min(min(p) for p in pads) >= 0
+                               and onednn_supports(x.dtype)):
     impl = "cpu"
-  plain_on_cpu = _CPU_FORWARD[n] == "xla" and _CPU_WGRAD[n] == "xla"
-  if impl == "xla" or plain_on_cpu:
-    return lax.conv_general_dilated(
-        x, kernel, strides, pads, rhs_dilation=dilation,
-        dimension_numbers=_dimension_numbers(n), precision=precision)
-  return _cpu_conv(x, kernel, strides, pads, dilation)
+  return strides, dilation, pads, impl
+
+
+def conv_bias_act(x: Array, kernel: Array, bias: Array | None, strides=1,
+                  padding: PaddingLike = "SAME", dilation=1, impl: str = "auto",
+                  precision: Any = None, activation: str | None = None) -> Array:
+  """`activation(conv_nd(x, kernel) + bias)`; where the convolution runs in
+  oneDNN, the bias and ReLU are its post-ops (one call, no extra pass)."""
+  if activation not in ACTIVATIONS:
+    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS, key=str)}, "
+                     f"got {activation!r}")
+  if bias is not None and kernel.ndim == x.ndim and kernel.ndim - 2 in (1, 2, 3):
+    strides_, dilation_, pads, chosen = _resolve(x, kernel, strides, padding, dilation,
+                                                 impl)
+    if chosen == "onednn" and bias.dtype == x.dtype:
+      return _onednn_conv_bias_act(x, kernel, bias, strides_, pads, dilation_,
+                                   activation == "relu")
+  y = conv_nd(x, kernel, strides, padding, dilation, impl=impl, precision=precision)
+  if bias is not None:
+    y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+  return y if activation is None else ACTIVATIONS[activation](y)
 
 
 class Conv(nn.Module):
@@ -463,6 +520,8 @@ class Conv(nn.Module):
       portable exports; for 1D/2D that is plain XLA unless
       `_CPU_FORWARD`/`_CPU_WGRAD` say otherwise) or 'onednn' (oneDNN as XLA
       custom calls, CPU only; float32, bfloat16 where the CPU has it).
+    activation: None or 'relu', applied after the bias; with oneDNN it is
+      fused into the convolution (`conv_bias_act`).
   """
   features: int
   kernel_size: Sequence[int]
@@ -476,6 +535,7 @@ class Conv(nn.Module):
   kernel_init: Callable = nn.initializers.lecun_normal()
   bias_init: Callable = nn.initializers.zeros_init()
   impl: str = "auto"
+  activation: str | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -487,8 +547,6 @@ class Conv(nn.Module):
     bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_nd(x, kernel, self.strides, self.padding, self.kernel_dilation,
-                impl=self.impl, precision=self.precision)
-    if bias is not None:
-      y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
-    return y
+    return conv_bias_act(x, kernel, bias, self.strides, self.padding,
+                         self.kernel_dilation, impl=self.impl, precision=self.precision,
+                         activation=self.activation)

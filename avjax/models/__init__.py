@@ -42,12 +42,23 @@ def conv_kernel_init(key, shape, dtype=jnp.float32):
   return (flat * stddev).reshape(shape).astype(dtype)
 
 
-def conv(features: int, kernel_size, **kwargs: Any) -> nn.Module:
-  """Builds a convolution (1D, 2D or 3D from len(kernel_size)) via the factory."""
+def conv(features: int, kernel_size, *, activation: str | None = None,
+         **kwargs: Any) -> Callable[[Any], Any]:
+  """Builds a convolution (1D, 2D or 3D from len(kernel_size)) via the factory.
+
+  `activation` ('relu') is applied after the bias: by avjax's `Conv` itself (on
+  CPU fused into the oneDNN call), after any other factory's module.
+  """
   kwargs.setdefault("kernel_init", conv_kernel_init)
   if _CONV_FACTORY is layers.Conv:
     kwargs.setdefault("impl", _CONV_IMPL)
-  return _CONV_FACTORY(features=features, kernel_size=tuple(kernel_size), **kwargs)
+    return layers.Conv(features=features, kernel_size=tuple(kernel_size),
+                       activation=activation, **kwargs)
+  module = _CONV_FACTORY(features=features, kernel_size=tuple(kernel_size), **kwargs)
+  if activation is None:
+    return module
+  act = layers.conv.ACTIVATIONS[activation]
+  return lambda x: act(module(x))
 
 
 def max_pool(x, window, strides=None, padding="VALID"):

@@ -70,7 +70,8 @@ class Conv1DAudioNet(nn.Module):
     # Padded frames are zeroed so that what the pad holds cannot leak in.
     x = (x * mask).astype(self.dtype)
     for width in self.features:
-      x = nn.relu(conv(width, (self.kernel_size,), padding="SAME", dtype=self.dtype)(x))
+      x = conv(width, (self.kernel_size,), padding="SAME", dtype=self.dtype,
+               activation="relu")(x)
       x = max_pool(x, (self.pool_size,), strides=(self.pool_size,))
     return _Head(tuple(self.hidden), self.num_classes, self.dropout_rate,
                  self.dtype)(x, train=train)
@@ -94,8 +95,8 @@ class Conv3DVideoNet(nn.Module):
     # uint8 on the wire (4x less host->device traffic), scaled here.
     x = jnp.asarray(inputs[self.input_key], self.dtype) / 255.0  # (B, T, H, W, C)
     for i, width in enumerate(self.features):
-      x = nn.relu(conv(width, tuple(self.kernel_size), padding="SAME",
-                       dtype=self.dtype)(x))
+      x = conv(width, tuple(self.kernel_size), padding="SAME", dtype=self.dtype,
+               activation="relu")(x)
       if i in self.pool_after:
         x = max_pool(x, tuple(self.pool_size), strides=tuple(self.pool_size))
     return _Head(tuple(self.hidden), self.num_classes, self.dropout_rate,

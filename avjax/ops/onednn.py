@@ -5,7 +5,9 @@ against the pinned onednn-cpu-gomp) and registers its three targets with
 XLA; if that fails it warns once and returns False, and avjax.layers.conv
 keeps its XLA convolutions. `forward`, `backward_data` and `backward_weights`
 are the raw passes on XLA's own layouts (x (B, *S, C), w (*K, C, O)): no
-padded copies, oneDNN writes the result buffer.
+padded copies, oneDNN writes the result buffer. `forward_bias_act` is the
+forward pass with the bias add and an optional ReLU done by oneDNN on each
+output tile (post-ops), which saves XLA a full pass over the output.
 
 Under vmap the targets get `expand_dims` operands; the C++ side folds the
 mapped dims into the batch when the weights are unmapped, else loops.
@@ -31,9 +33,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIBRARY = os.path.join(HERE, "_onednn_conv.so")
 TARGETS = {"forward": "avjax_onednn_conv_forward",
+           "forward_bias_act": "avjax_onednn_conv_forward_bias_act",
            "backward_data": "avjax_onednn_conv_backward_data",
            "backward_weights": "avjax_onednn_conv_backward_weights"}
 _SYMBOLS = {"forward": "AvjaxOnednnConvForward",
+            "forward_bias_act": "AvjaxOnednnConvForwardBiasAct",
             "backward_data": "AvjaxOnednnConvBackwardData",
             "backward_weights": "AvjaxOnednnConvBackwardWeights"}
 
@@ -134,10 +138,12 @@ def _attrs(strides, dilation, pads):
           "pad_hi": np.asarray([hi for _, hi in pads], np.int64)}
 
 
-def _call(key, shape, dtype, a, b, strides, dilation, pads):
+def _call(key, shape, dtype, operands, strides, dilation, pads, relu=None):
+  attrs = _attrs(strides, dilation, pads)
+  if relu is not None:
+    attrs["relu"] = np.int64(relu)
   return jax.ffi.ffi_call(TARGETS[key], jax.ShapeDtypeStruct(tuple(shape), dtype),
-                          vmap_method="expand_dims")(
-                              a, b, **_attrs(strides, dilation, pads))
+                          vmap_method="expand_dims")(*operands, **attrs)
 
 
 # ------------------------------------------------------------- partitioning
@@ -171,40 +177,49 @@ def _rule(n: int, pass_: str) -> str:
   x, w, y = f"b {sp_in} c", f"{ker} c f", f"b {sp_out} f"
   if pass_ == "forward":
     return f"{x}, {w} -> {y}"
+  if pass_ == "forward_bias_act":
+    return f"{x}, {w}, f -> {y}"
   if pass_ == "backward_data":
     return f"{w}, {y} -> {x}"
   return f"{x}, {y} -> {w}"
 
 
 @functools.lru_cache(maxsize=None)
-def _partitioned(pass_: str, n: int, strides, dilation, pads):
+def _partitioned(pass_: str, n: int, strides, dilation, pads, relu=None):
   """The pass as a custom_partitioning op for one static configuration."""
   from jax.experimental.custom_partitioning import custom_partitioning  # pylint: disable=g-import-not-at-top
 
-  def local(a, b, shape):
-    return _call(pass_, shape, a.dtype, a, b, strides, dilation, pads)
+  def local(*args):
+    *operands, shape = args
+    return _call(pass_, shape, operands[0].dtype, operands, strides, dilation, pads, relu)
 
   def result_shape(a_shape, b_shape):
-    if pass_ == "forward":  # a: x, b: w
+    if pass_ in ("forward", "forward_bias_act"):  # a: x, b: w
       return (a_shape[0], *out_spatial(a_shape[1:-1], b_shape[:n], strides, dilation,
                                        pads), b_shape[-1])
     if pass_ == "backward_data":  # a: w, b: dy; the input shape is static
       raise AssertionError("backward_data passes its shape statically")
     return None
 
-  @functools.partial(custom_partitioning, static_argnums=(2,))
-  def op(a, b, shape):
-    return local(a, b, shape)
-
   data_arg = 1 if pass_ == "backward_data" else 0  # The batched operand.
-  weights_arg = 1 - data_arg if pass_ != "backward_weights" else None
+  # Operands that are never batch-sharded: the weights and the bias.
+  replicated = {"forward": (1,), "forward_bias_act": (1, 2),
+                "backward_data": (0,), "backward_weights": ()}[pass_]
+
+  if pass_ == "forward_bias_act":
+    @functools.partial(custom_partitioning, static_argnums=(3,))
+    def op(a, b, c, shape):
+      return local(a, b, c, shape)
+  else:
+    @functools.partial(custom_partitioning, static_argnums=(2,))
+    def op(a, b, shape):
+      return local(a, b, shape)
 
   def shardings(mesh, arg_shapes):
     batch = _batch_spec(arg_shapes[data_arg].sharding, len(arg_shapes[data_arg].shape))
-    args = [None, None]
-    for i, s in enumerate(arg_shapes):
-      args[i] = _named(mesh) if i == weights_arg else _named(
-          mesh, batch, *([None] * (len(s.shape) - 1)))
+    args = [_named(mesh) if i in replicated else
+            _named(mesh, batch, *([None] * (len(s.shape) - 1)))
+            for i, s in enumerate(arg_shapes)]
     return batch, args
 
   def infer(shape, mesh, arg_shapes, result_shape_):
@@ -224,8 +239,8 @@ def _partitioned(pass_: str, n: int, strides, dilation, pads):
       return mesh, lower, _named(mesh), tuple(args)
     local_shape = (shape[0] // size, *shape[1:])
 
-    def lower(a, b):
-      return local(a, b, local_shape)
+    def lower(*operands):
+      return local(*operands, local_shape)
     return (mesh, lower, _named(mesh, batch, *([None] * (len(shape) - 1))),
             tuple(args))
 
@@ -240,57 +255,67 @@ def _partitioned(pass_: str, n: int, strides, dilation, pads):
 
 
 @functools.lru_cache(maxsize=None)
-def _batchable(pass_: str, n: int, strides, dilation, pads, shape):
+def _batchable(pass_: str, n: int, strides, dilation, pads, shape, relu=None):
   """The partitioned op with a vmap rule (custom_partitioning has none):
-  unmapped weights fold the mapped axis into the batch, one call; otherwise
-  (mapped weights, or a weight gradient) one call per mapped element."""
-  part = _partitioned(pass_, n, strides, dilation, pads)
+  unmapped weights (and bias) fold the mapped axis into the batch, one call;
+  otherwise (mapped weights, or a weight gradient) one call per mapped element."""
+  part = _partitioned(pass_, n, strides, dilation, pads, relu)
+  data_arg = 1 if pass_ == "backward_data" else 0
 
   @jax.custom_batching.custom_vmap
-  def op(a, b):
-    return part(a, b, shape)
+  def op(*operands):
+    return part(*operands, shape)
 
   @op.def_vmap
-  def rule(axis_size, in_batched, a, b):
-    a_mapped, b_mapped = in_batched
-    data_mapped, weights_mapped = ((b_mapped, a_mapped) if pass_ == "backward_data"
-                                   else (a_mapped, b_mapped))
-    if pass_ != "backward_weights" and not weights_mapped:
-      d = b if pass_ == "backward_data" else a
-      folded = d.reshape(axis_size * d.shape[1], *d.shape[2:])
+  def rule(axis_size, in_batched, *operands):
+    others_mapped = any(m for i, m in enumerate(in_batched) if i != data_arg)
+    if pass_ != "backward_weights" and not others_mapped:
+      d = operands[data_arg]
+      folded = list(operands)
+      folded[data_arg] = d.reshape(axis_size * d.shape[1], *d.shape[2:])
       inner = _batchable(pass_, n, strides, dilation, pads,
-                         (axis_size * shape[0], *shape[1:]))
-      y = inner(a, folded) if pass_ == "backward_data" else inner(folded, b)
+                         (axis_size * shape[0], *shape[1:]), relu)
+      y = inner(*folded)
       return y.reshape(axis_size, shape[0], *y.shape[1:]), True
-    a = a if a_mapped else jnp.broadcast_to(a, (axis_size, *a.shape))
-    b = b if b_mapped else jnp.broadcast_to(b, (axis_size, *b.shape))
-    del data_mapped
-    return jax.lax.map(lambda ab: op(*ab), (a, b)), True
+    full = tuple(a if m else jnp.broadcast_to(a, (axis_size, *a.shape))
+                 for a, m in zip(operands, in_batched))
+    return jax.lax.map(lambda args: op(*args), full), True
 
   return op
 
 
-def _dispatch(pass_, shape, a, b, strides, dilation, pads):
+def _dispatch(pass_, shape, operands, strides, dilation, pads, relu=None):
   if not available():
     raise RuntimeError("avjax's oneDNN convolution extension is not loaded")
   n = len(strides)
   key = (tuple(strides), tuple(dilation), tuple(tuple(p) for p in pads))
-  return _batchable(pass_, n, *key, tuple(shape))(a, b)
+  return _batchable(pass_, n, *key, tuple(shape), relu)(*operands)
+
+
+def _forward_shape(x, w, strides, dilation, pads):
+  n = w.ndim - 2
+  return (x.shape[0], *out_spatial(x.shape[1:-1], w.shape[:n], strides, dilation, pads),
+          w.shape[-1])
 
 
 def forward(x, w, strides: Sequence[int], dilation: Sequence[int], pads):
   """y = conv(x, w), x (B, *S, C), w (*K, C, O), explicit (lo, hi) pads."""
-  n = w.ndim - 2
-  shape = (x.shape[0], *out_spatial(x.shape[1:-1], w.shape[:n], strides, dilation, pads),
-           w.shape[-1])
-  return _dispatch("forward", shape, x, w, strides, dilation, pads)
+  return _dispatch("forward", _forward_shape(x, w, strides, dilation, pads), (x, w),
+                   strides, dilation, pads)
+
+
+def forward_bias_act(x, w, bias, strides: Sequence[int], dilation: Sequence[int], pads,
+                     relu: bool = False):
+  """y = conv(x, w) + bias, then ReLU if `relu`: one oneDNN call (post-ops)."""
+  return _dispatch("forward_bias_act", _forward_shape(x, w, strides, dilation, pads),
+                   (x, w, bias), strides, dilation, pads, bool(relu))
 
 
 def backward_data(w, g, x_shape, strides, dilation, pads):
   """dx for y = conv(x, w), given dy = g."""
-  return _dispatch("backward_data", x_shape, w, g, strides, dilation, pads)
+  return _dispatch("backward_data", x_shape, (w, g), strides, dilation, pads)
 
 
 def backward_weights(x, g, w_shape, strides, dilation, pads):
   """dw for y = conv(x, w), given dy = g."""
-  return _dispatch("backward_weights", w_shape, x, g, strides, dilation, pads)
+  return _dispatch("backward_weights", w_shape, (x, g), strides, dilation, pads)
