@@ -33,6 +33,10 @@ use on CPU) as XLA custom calls through the typed FFI (avjax/ops, built by
 the same targets. On CPU, 'auto' picks 'onednn' or the 'cpu' path per layer
 shape (`cpu_auto_impl`, from benchmarks/conv_ops.py). If the extension is not
 built, one warning and the 'cpu' path.
+
+`conv_bias_act` (and `Conv(activation=...)`) adds the bias and applies ReLU;
+on the oneDNN path both are post-ops of the forward call, which spares XLA a
+read and a write of the whole output (S1's video step: 2.44 -> 2.08 s).
 """
 
 from __future__ import annotations
