@@ -64,7 +64,11 @@ Each beat the old recipe on all four folds' validation actors, so both were
 taken together (the combination itself was not run on validation before the
 test run; its own validation numbers are in the 6-fold run's reports).
 Mixup and speed perturbation on the wider net were queued and not run.
-RESULT_LINE
+The 6-fold test result with this config (README, Real speech, `avjax results
+... --protocols actor,leaky`, 2026-12-03): WA 55.1 ± 7.4 %, UAR 54.7 ± 9.2 %
+(folds 0-5: 50.0, 65.0, 48.3, 47.5, 60.0, 60.0 % WA; their validation actors
+70.8, 57.5, 51.7, 64.2, 64.2, 53.3 %); LEAKY random clip split 80.6 %. Short
+of the issue's 70 % target.
 
 Launch (prepare once: `avjax prepare --dataset ravdess --manual-dir DIR
 --data-dir DATA --features logmel`):
