@@ -457,11 +457,6 @@ def conv_nd(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
   `precision` only applies to the XLA path (the CPU path accumulates in f32).
   """
   n = kernel.ndim - 2
-  if n not in (1, 2, 3):
-    raise ValueError(f"only 1D, 2D and 3D convolutions are supported, got {n}D")
-  if x.ndim != n + 2:
-    raise ValueError(f"a {n}D kernel needs (batch, *{n} spatial, channels) input, "
-                     f"got shape {x.shape}")
   strides, dilation, pads, impl = _resolve(x, kernel, strides, padding, dilation, impl)
   if impl == "onednn":
     return _onednn_conv(x, kernel, strides, pads, dilation)
@@ -477,6 +472,11 @@ def _resolve(x, kernel, strides, padding, dilation, impl):
   """Checked strides, dilation and explicit pads, and the implementation that
   runs this convolution ('onednn' only where oneDNN takes it)."""
   n = kernel.ndim - 2
+  if n not in (1, 2, 3):
+    raise ValueError(f"only 1D, 2D and 3D convolutions are supported, got {n}D")
+  if x.ndim != n + 2:
+    raise ValueError(f"a {n}D kernel needs (batch, *{n} spatial, channels) input, "
+                     f"got shape {x.shape}")
   strides = _tuple(strides, n, "strides")
   dilation = _tuple(dilation, n, "dilation")
   pads = explicit_padding(padding, x.shape[1:-1], kernel.shape[:n], strides, dilation)
@@ -498,7 +498,7 @@ def conv_bias_act(x: Array, kernel: Array, bias: Array | None, strides=1,
   if activation not in ACTIVATIONS:
     raise ValueError(f"activation must be one of {sorted(ACTIVATIONS, key=str)}, "
                      f"got {activation!r}")
-  if bias is not None and kernel.ndim == x.ndim and kernel.ndim - 2 in (1, 2, 3):
+  if bias is not None:
     strides_, dilation_, pads, chosen = _resolve(x, kernel, strides, padding, dilation,
                                                  impl)
     if chosen == "onednn" and bias.dtype == x.dtype:

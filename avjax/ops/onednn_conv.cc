@@ -146,6 +146,9 @@ struct Problem {
     d.insert(d.end(), out.begin(), out.end());
     return memory::desc(d, dtype, DataTag(n));
   }
+  memory::desc Bias() const {
+    return memory::desc({cout}, dtype, memory::format_tag::a);
+  }
   memory::desc Weights(bool any) const {
     Dims d{cout, cin};
     d.insert(d.end(), kernel.begin(), kernel.end());
@@ -184,7 +187,7 @@ std::unique_ptr<Plan> MakePlan(const Problem& p) {
       ? dnnl::convolution_forward::primitive_desc(
             eng, dnnl::prop_kind::forward_training,
             dnnl::algorithm::convolution_direct, src, hint.Weights(true),
-            memory::desc({p.cout}, p.dtype, memory::format_tag::a), dst,
+            p.Bias(), dst,
             p.strides, dil, p.pad_lo, p.pad_hi, attr)
       : dnnl::convolution_forward::primitive_desc(
             eng, dnnl::prop_kind::forward_training,
@@ -267,9 +270,7 @@ void Run(const Problem& p, void* src, void* weights, void* dst,
                                          {DNNL_ARG_DST, dst_m},
                                          {DNNL_ARG_SCRATCHPAD, pad_m}};
     if (p.bias) {
-      args.emplace(DNNL_ARG_BIAS,
-                   memory(memory::desc({p.cout}, p.dtype, memory::format_tag::a),
-                          eng, bias));
+      args.emplace(DNNL_ARG_BIAS, memory(p.Bias(), eng, bias));
     }
     plan.prim.execute(strm, args);
   } else if (p.pass == Pass::kBackwardData) {
