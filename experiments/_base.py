@@ -101,6 +101,9 @@ def base_config(*, num_epochs: float, batch_size: int = 32,
   c.train.best_mode = "max"
   c.train.async_checkpointing = True
   c.train.compute_dtype = "float32"
+  # Moving average of the parameters, evaluated and exported in their place
+  # (0: off; 0.99 averages over roughly the last 100 steps).
+  c.train.ema_decay = 0.0
   # Top-level parameter subtrees that are not updated (e.g. the pretrained
   # branches of a two-stage fusion net).
   c.train.frozen = ()

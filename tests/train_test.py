@@ -314,6 +314,56 @@ def test_cross_validate_writes_mean_and_std(tmp_path):
   assert f"{mean:.2f} ±" in table and "| test |" in table
 
 
+def _host_tree(tree) -> dict[str, np.ndarray]:
+  flat = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]
+  return {jax.tree_util.keystr(k): np.array(v) for k, v in flat}
+
+
+def test_parameter_average_follows_its_formula_and_is_what_gets_evaluated(tmp_path):
+  """train.ema_decay: each step's average is decay * average + (1 - decay) *
+  params with the warmed-up decay min(d, (1 + t) / (10 + t)); restore_best (and
+  so evaluate, export and grafting) hands out the average, not the raw params."""
+  _needs_8_devices()
+  decay = 0.5
+  config = make_config(f"train.ema_decay={decay}", "train.num_train_steps=8")
+  datasets = make_datasets(config)
+  mesh = runtime.make_mesh(config)
+  setup = runtime.build(config, datasets.info, mesh)
+  state = runtime.init_state(setup, 0)
+  average = _host_tree(state.ema_params)
+  assert average.keys() == _host_tree(state.params).keys()
+  batches = iter(datasets.train)
+  for t in range(3):
+    state, _ = setup.train_step(state, runtime.device_batch(mesh, next(batches),
+                                                            setup.input_keys))
+    params, d = _host_tree(state.params), min(decay, (1 + t) / (10 + t))
+    average = {k: d * average[k] + (1 - d) * params[k] for k in params}
+    got = _host_tree(state.ema_params)
+    for k in params:
+      np.testing.assert_allclose(got[k], average[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  assert any(not np.allclose(got[k], params[k]) for k in params)
+
+  workdir = str(tmp_path / "ema")
+  trainer.train_and_evaluate(config, workdir, datasets=datasets)
+  best, step = runtime.restore_best(setup, workdir)
+  checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+  try:
+    raw = runtime.restore_state(setup, checkpointer, step)
+  finally:
+    checkpointer.close()
+  _assert_bitwise_equal(_host_tree(best.params), _host_tree(raw.ema_params))
+  assert _host_tree(best.params).keys() == _host_tree(raw.params).keys()
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      _host_tree(best.params).values(), _host_tree(raw.params).values()))
+  # The validation numbers the checkpoint was chosen by are the average's.
+  logged = dict(writers.read_metrics(workdir)["val/accuracy"])[step]
+  scored = runtime.eval_scalars(runtime.run_evals(setup, best, {"val": datasets.evals["val"]}))
+  assert scored["val/accuracy"] == pytest.approx(logged)
+
+  with pytest.raises(UserError, match="ema_decay"):
+    runtime.build(make_config("train.ema_decay=1.0"), datasets.info, mesh)
+
+
 def _with_fold(config, fold):
   config = config.copy_and_resolve_references()
   config.data.fold = fold

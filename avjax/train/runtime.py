@@ -42,6 +42,10 @@ class TrainState:
   model_state: Any  # Non-trainable collections (e.g. batch_stats); {} for most.
   opt_state: Any
   rng: jax.Array  # The base key; step keys are fold_in(rng, step).
+  # Exponential moving average of `params` (train.ema_decay > 0), else None.
+  # Every evaluation, checkpoint choice, export and graft reads it in place of
+  # `params` (`for_eval`); training updates `params` as usual.
+  ema_params: Any = None
 
 
 @dataclasses.dataclass
@@ -144,13 +148,16 @@ def build(config, info, mesh) -> Setup:
   tx = optim.freeze(tx, tuple(config.train.get("frozen", ()) or ()))
   dummy = _dummy_inputs(info, input_keys)
 
+  ema_decay = ema_decay_of(config)
+
   def init_fn(rng):
     init_rng, base_rng = jax.random.split(rng)
     variables = model.init({"params": init_rng, "dropout": init_rng}, dummy, train=False)
     variables = flax.core.unfreeze(variables)
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      model_state=variables, opt_state=tx.init(params), rng=base_rng)
+                      model_state=variables, opt_state=tx.init(params), rng=base_rng,
+                      ema_params=params if ema_decay else None)
 
   abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   state_sh = sharding.state_shardings(mesh, abstract_state)
@@ -179,10 +186,18 @@ def build(config, info, mesh) -> Setup:
         loss_of, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_decay:
+      # Warmed up like TF's ExponentialMovingAverage(num_updates=step): early on
+      # the average follows the parameters instead of holding on to the init.
+      step = state.step.astype(jnp.float32)
+      decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+      ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                                state.ema_params, params)
     stats = metrics_lib.batch_stats(outputs["logits"], batch["label"], per_example,
                                     step=state.step)
     new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms,
-                              opt_state=opt_state)
+                              opt_state=opt_state, ema_params=ema_params)
     return new_state, stats
 
   def eval_step(state: TrainState, batch):
@@ -201,6 +216,21 @@ def build(config, info, mesh) -> Setup:
       input_keys=input_keys)
 
 
+def ema_decay_of(config) -> float:
+  decay = float(config.train.get("ema_decay", 0.0) or 0.0)
+  if not 0.0 <= decay < 1.0:
+    raise UserError(f"train.ema_decay must be in [0, 1) (0: off), got {decay}")
+  return decay
+
+
+def for_eval(state: TrainState) -> TrainState:
+  """The state to evaluate, export or graft: its parameter average when the run
+  keeps one (train.ema_decay), else the state itself."""
+  if state.ema_params is None:
+    return state
+  return state.replace(params=state.ema_params)
+
+
 def init_state(setup: Setup, seed: int) -> TrainState:
   """Initialises the state directly into its shardings (no host round trip)."""
   return jax.jit(setup.init_fn, out_shardings=setup.state_shardings)(
@@ -217,7 +247,8 @@ def restore_best(setup: Setup, workdir: str, step: int | None = None, *,
                  purpose: str = "evaluate") -> tuple[TrainState, int]:
   """The best checkpoint of `workdir` by its run's metric (the latest if it tracks
   none), or `step`, restored onto `setup`'s mesh. Evaluate, export and the
-  grafting of pretrained branches all pick the checkpoint this way."""
+  grafting of pretrained branches all pick the checkpoint this way. A run with a
+  parameter average (train.ema_decay) gives the average as `params`."""
   config = setup.config
   checkpointer = ckpt_lib.Checkpointer(
       workdir, best_metric=config.train.get("best_metric") or None,
@@ -226,7 +257,7 @@ def restore_best(setup: Setup, workdir: str, step: int | None = None, *,
     step = checkpointer.best_step() if step is None else step
     if step is None:
       raise UserError(f"{workdir}: no checkpoint to {purpose}")
-    return restore_state(setup, checkpointer, step), int(step)
+    return for_eval(restore_state(setup, checkpointer, step)), int(step)
   finally:
     checkpointer.close()
 

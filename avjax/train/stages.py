@@ -172,7 +172,8 @@ def graft_branches(setup, state, config, branch_dirs: Mapping[str, str], info):
     logging.info("branch %r: step %d of %s", name, step, path)
   # Optimizer state is rebuilt for the grafted parameters.
   new = state.replace(params=params, model_state=model_state,
-                      opt_state=setup.tx.init(params))
+                      opt_state=setup.tx.init(params),
+                      ema_params=None if state.ema_params is None else params)
   return jax.device_put(new, setup.state_shardings)
 
 

@@ -27,7 +27,9 @@ Config schema (ml_collections; see experiments/sultana2024.py for a full one):
               checkpoint_every_steps (0: with each eval), keep_checkpoints,
               best_metric ('val/uar'), best_mode (max|min), async_checkpointing,
               compute_dtype (float32|bfloat16; parameters stay float32),
-              frozen (top-level parameter subtrees never updated).
+              frozen (top-level parameter subtrees never updated),
+              ema_decay (0 = off: evaluate, choose, export the parameters'
+              moving average with this decay).
   pretrained: branch name -> {workdir, config}: two-stage systems; see stages.py.
   mesh:       data (-1: the rest), model (1).
   multihost:  bool; or AVJAX_MULTIHOST=1 in the environment.
@@ -218,7 +220,7 @@ def _selection_evals(setup: Setup, state, datasets) -> dict[str, float]:
   test split is left out, so no logged curve or checkpoint choice ever sees it.
   The test split is scored once, for the reported checkpoint (_final_report)."""
   evals = {k: v for k, v in datasets.evals.items() if k != evaluate.TEST_SPLIT}
-  return runtime.eval_scalars(runtime.run_evals(setup, state, evals))
+  return runtime.eval_scalars(runtime.run_evals(setup, runtime.for_eval(state), evals))
 
 
 def _final_report(workdir: str, datasets, config, setup: Setup,
