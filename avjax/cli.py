@@ -416,6 +416,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
+  # Before jax starts its threads: XLA:CPU's per-step buffers then reuse freed
+  # heap memory instead of page-faulting fresh memory (avjax/ops/host_memory.py).
+  from avjax.ops import host_memory
+  host_memory.keep_freed_host_memory()
   verbose = "--verbose" in argv or "-v" in argv
   logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                       format="%(levelname)s %(name)s: %(message)s")
