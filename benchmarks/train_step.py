@@ -45,6 +45,12 @@ One train step is forward, softmax cross-entropy, backward and Adam (lr 1e-3):
             OMP_WAIT_POLICY=PASSIVE unless set: on a shared machine torch's
             spinning OpenMP threads made it 5x slower at load 8 on 2 cores.
 
+Host memory: by default the script first calls
+avjax.ops.host_memory.keep_freed_host_memory(), as the `avjax` command does, so
+glibc reuses freed memory instead of page-faulting XLA:CPU's per-step temp
+buffer in again; it is process-wide, so Keras and PyTorch run with it too.
+`--host-memory default` measures glibc's own policy.
+
 Timing: after the warm-up steps, each round runs every framework for `--steps`
 steps in turn (interleaved), `--repeat` rounds; examples/s is taken at the
 median round time. The two S1 nets at full size are slow in jax on CPU
@@ -743,7 +749,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--torch-device", choices=("auto", "cpu", "cuda"), default="auto",
                       help="where torch runs; auto: cuda when jax runs on a GPU and torch "
                            "sees one, so both frameworks use the same hardware")
+  parser.add_argument("--host-memory", choices=("keep", "default"), default="keep",
+                      help="keep: glibc reuses freed memory, as the avjax command sets it "
+                           "(avjax/ops/host_memory.py); process-wide, so every framework "
+                           "runs with it. default: glibc's own policy")
   args = parser.parse_args(argv)
+  from avjax.ops import host_memory  # pylint: disable=g-import-not-at-top
+  # Before jax, TF or torch start threads (the arena limit binds only new ones).
+  kept = args.host_memory == "keep" and host_memory.keep_freed_host_memory()
   nets = [n for n in args.nets.split(",") if n]
   frameworks = [f for f in args.frameworks.split(",") if f]
   bad = [n for n in nets if n not in NETS] + [f for f in frameworks if f not in FRAMEWORKS]
@@ -778,11 +791,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
   print(f"train-step benchmark: jax {jax.__version__} ({jax.default_backend()}), "
         f"cpus={os.cpu_count()}, load={common.load_average():.1f}"
         + (f", torch on {torch_device}" if "torch" in frameworks else "")
+        + f", host memory: {'kept (reused)' if kept else 'glibc default'}"
         + ("  [SMOKE: numbers mean nothing]" if smoke else ""))
   print(how)
   specs = build_specs(smoke)
   payload = {"benchmark": "train_step", "smoke": smoke, "machine": common.machine(),
              "peak_flops": peak, "peak_how": how, "gemm_flops": gemm, "repeat": repeat, "warmup": warmup,
+             "host_memory_kept": bool(kept),
              "results": []}
   for name in nets:
     steps = args.steps or (1 if smoke else (3 if name in SLOW_NETS else 30))
