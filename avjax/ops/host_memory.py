@@ -7,8 +7,8 @@ glibc serves blocks above 32 MB with a fresh mmap and unmaps them on free, so
 every step touches 1.14 GB of new pages: 280k page faults and the kernel
 zeroing each page, 0.4-0.8 s of system CPU time per 1.9 s step on 2 cores.
 TensorFlow avoids this with its own caching allocator on CPU; glibc can be told
-to do the same: never mmap (M_MMAP_MAX = 0), keep up to 2 GB of free memory at
-the top of the heap instead of returning it (M_TRIM_THRESHOLD), and one arena
+to do the same: never mmap (M_MMAP_MAX = 0), never give free memory at the top
+of the heap back to the system (M_TRIM_THRESHOLD), and one arena
 for all threads (M_ARENA_MAX = 1), because a thread's own arena tops out at
 64 MB and falls back to mmap above that. Measured in benchmarks/README.md
 (issue 20): the S1 video step went from 1.86-2.19 s to 1.57-1.60 s, with zero
@@ -34,7 +34,12 @@ ENV = "AVJAX_KEEP_HOST_MEMORY"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int: just under 2 GB.
+# mallopt takes an int, which glibc stores as a size_t: -1 is "never trim". A
+# finite threshold (at most 2 GB as an int) is not enough: when jax dispatches
+# the next step before the last one's buffers are freed, two temp buffers are
+# live, and freeing both leaves more than 2 GB at the top, trimmed and then
+# page-faulted in again.
+_TRIM_NEVER = -1
 
 _applied: bool | None = None
 
@@ -65,7 +70,7 @@ def keep_freed_host_memory() -> bool:
     _applied = False
     return _applied
   ok = all(libc.mallopt(param, value) == 1 for param, value in (
-      (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES), (_M_ARENA_MAX, 1)))
+      (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_NEVER), (_M_ARENA_MAX, 1)))
   if not ok:
     logging.warning("avjax: glibc's mallopt refused a setting; host memory is "
                     "returned to the system as usual")
