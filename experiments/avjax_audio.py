@@ -63,7 +63,15 @@ folds 0 / 1 / 2 / 3, mean; one run per cell, idle 2-core CPU, 2-4 min each:
 Each beat the old recipe on all four folds' validation actors, so both were
 taken together (the combination itself was not run on validation before the
 test run; its own validation numbers are in the 6-fold run's reports).
-Mixup and speed perturbation on the wider net were queued and not run.
+Third round (2026-12-03, stop 24), the same folds and protocol, each change
+alone on this config (80 epochs, 1.61 M parameters); the reference is this
+config's own validation UAR in the 6-fold run below (its test numbers never
+looked at for the choice): 0.727 / 0.539 / 0.531 / 0.648, mean 0.611:
+  * mixup (alpha 0.2): 0.797 / 0.492 / 0.516 / 0.656, mean 0.615;
+  * speed perturbation (0.9-1.1): 0.789 / 0.523 / 0.523 / 0.680, mean 0.629.
+Neither beats the reference on all four folds (each wins on folds 0 and 3
+and loses on 1 and 2), and the means differ by less than one run's spread
+from one evaluation to the next, so both stay off.
 The 6-fold test result with this config (README, Real speech, `avjax results
 ... --protocols actor,leaky`, 2026-12-03): WA 55.1 ± 7.4 %, UAR 54.7 ± 9.2 %
 (folds 0-5: 50.0, 65.0, 48.3, 47.5, 60.0, 60.0 % WA; their validation actors
