@@ -72,6 +72,10 @@ looked at for the choice): 0.727 / 0.539 / 0.531 / 0.648, mean 0.611:
 Neither beats the reference on all four folds (each wins on folds 0 and 3
 and loses on 1 and 2), and the means differ by less than one run's spread
 from one evaluation to the next, so both stay off.
+  * a moving average of the parameters (`train.ema_decay=0.99`, new in the
+    trainer; evaluated, chosen and exported in place of the raw ones):
+    0.742 / 0.531 / 0.531 / 0.672, mean 0.619: two wins, one tie, one loss;
+    off.
 The 6-fold test result with this config (README, Real speech, `avjax results
 ... --protocols actor,leaky`, 2026-12-03): WA 55.1 ± 7.4 %, UAR 54.7 ± 9.2 %
 (folds 0-5: 50.0, 65.0, 48.3, 47.5, 60.0, 60.0 % WA; their validation actors
