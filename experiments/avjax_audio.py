@@ -76,6 +76,12 @@ from one evaluation to the next, so both stay off.
     trainer; evaluated, chosen and exported in place of the raw ones):
     0.742 / 0.531 / 0.531 / 0.672, mean 0.619: two wins, one tie, one loss;
     off.
+  * test-time crop averaging (`model.eval_crop`, 3 crops), scored on the
+    6-fold run's own best checkpoints of folds 0-3: 200 frames 0.352 / 0.336 /
+    0.367 / 0.430, 150 frames 0.297 / 0.234 / 0.273 / 0.305, against 0.727 /
+    0.539 / 0.531 / 0.648 for the whole clip. The crops are spread over the
+    clip's real frames, not its active span, so on RAVDESS (1-2 s of room
+    noise around each take) most of them hold little speech; off.
 The 6-fold test result with this config (README, Real speech, `avjax results
 ... --protocols actor,leaky`, 2026-12-03): WA 55.1 ± 7.4 %, UAR 54.7 ± 9.2 %
 (folds 0-5: 50.0, 65.0, 48.3, 47.5, 60.0, 60.0 % WA; their validation actors

@@ -364,6 +364,38 @@ def test_parameter_average_follows_its_formula_and_is_what_gets_evaluated(tmp_pa
     runtime.build(make_config("train.ema_decay=1.0"), datasets.info, mesh)
 
 
+def test_checkpoints_from_before_the_parameter_average_still_restore(tmp_path):
+  """A run without train.ema_decay checkpoints the same tree as before the
+  field existed: a state saved as the old five-field dataclass restores."""
+  _needs_8_devices()
+  import flax  # pylint: disable=g-import-not-at-top
+
+  @flax.struct.dataclass
+  class OldTrainState:  # TrainState as it was, without ema_params.
+    step: object
+    params: object
+    model_state: object
+    opt_state: object
+    rng: object
+
+  config = make_config()
+  datasets = make_datasets(config)
+  setup = runtime.build(config, datasets.info, runtime.make_mesh(config))
+  state = runtime.init_state(setup, 0)
+  old = OldTrainState(step=state.step, params=state.params, model_state=state.model_state,
+                      opt_state=state.opt_state, rng=state.rng)
+  checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+  try:
+    checkpointer.save(3, old, None, ckpt_lib.config_to_json(config), force=True)
+    checkpointer.wait()
+    restored = runtime.restore_state(setup, checkpointer, 3)
+  finally:
+    checkpointer.close()
+  assert restored.ema_params is None
+  _assert_bitwise_equal(_host_tree(restored.params), _host_tree(state.params))
+  _assert_bitwise_equal(_host_tree(restored.opt_state), _host_tree(state.opt_state))
+
+
 def _with_fold(config, fold):
   config = config.copy_and_resolve_references()
   config.data.fold = fold

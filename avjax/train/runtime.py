@@ -237,10 +237,21 @@ def init_state(setup: Setup, seed: int) -> TrainState:
       jax.random.PRNGKey(seed))
 
 
+def state_tree(state: TrainState) -> dict[str, Any]:
+  """The state as checkpointed: its fields by name, without `ema_params` when
+  the run keeps no average, so checkpoints of runs without one have the same
+  tree whether they were written before the field existed or after."""
+  tree = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  if tree["ema_params"] is None:
+    del tree["ema_params"]
+  return tree
+
+
 def restore_state(setup: Setup, checkpointer: ckpt_lib.Checkpointer, step: int) -> TrainState:
   """Restores onto the *current* mesh, whatever device count wrote the step."""
-  target = ckpt_lib.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-  return checkpointer.restore_state(step, target)
+  target = ckpt_lib.abstract_with_shardings(state_tree(setup.abstract_state),
+                                            state_tree(setup.state_shardings))
+  return TrainState(**checkpointer.restore_state(step, target))
 
 
 def restore_best(setup: Setup, workdir: str, step: int | None = None, *,

@@ -144,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = stages.graft_branches(setup, state, config, branch_dirs, info)
     state = stages.fit_statistics(setup, state, config, datasets)
     if setup.num_train_steps == 0:  # Nothing to train: keep the state to evaluate.
-      checkpointer.save(0, state, train_iter, config_json, force=True,
+      checkpointer.save(0, runtime.state_tree(state), train_iter, config_json, force=True,
                         metrics=_selection_evals(setup, state, datasets))
       checkpointer.wait()
   step = int(jax.device_get(state.step))
@@ -200,7 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           _check_finite(guard_acc, checkpointer, workdir)
           guard_acc = None
         with report_progress.timed("checkpoint"):
-          checkpointer.save(step, state, train_iter, config_json, metrics=eval_metrics,
+          checkpointer.save(step, runtime.state_tree(state), train_iter, config_json,
+                            metrics=eval_metrics,
                             force=preempted)
       if preempted:
         logging.warning("preemption at step %d: checkpoint saved, exiting", step)
