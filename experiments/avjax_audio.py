@@ -77,11 +77,11 @@ from one evaluation to the next, so both stay off.
     0.742 / 0.531 / 0.531 / 0.672, mean 0.619: two wins, one tie, one loss;
     off.
   * test-time crop averaging (`model.eval_crop`, 3 crops), scored on the
-    6-fold run's own best checkpoints of folds 0-3: 200 frames 0.352 / 0.336 /
-    0.367 / 0.430, 150 frames 0.297 / 0.234 / 0.273 / 0.305, against 0.727 /
-    0.539 / 0.531 / 0.648 for the whole clip. The crops are spread over the
-    clip's real frames, not its active span, so on RAVDESS (1-2 s of room
-    noise around each take) most of them hold little speech; off.
+    6-fold run's own best checkpoints of folds 0-3 (chosen without crops):
+    200 frames 0.789 / 0.500 / 0.531 / 0.672, mean 0.623; 150 frames 0.617 /
+    0.469 / 0.516 / 0.555. Not on every fold; off. (A first run scored 0.35
+    mean: the crops then started at the clip's first frame, in the room
+    noise before the take; they now lie in the active span.)
 The 6-fold test result with this config (README, Real speech, `avjax results
 ... --protocols actor,leaky`, 2026-12-03): WA 55.1 ± 7.4 %, UAR 54.7 ± 9.2 %
 (folds 0-5: 50.0, 65.0, 48.3, 47.5, 60.0, 60.0 % WA; their validation actors

@@ -134,6 +134,31 @@ def test_eval_crops_average_the_crops_log_probabilities(net):
                              plain.apply(variables, short, train=False)["logits"], rtol=1e-6)
 
 
+def test_eval_crops_lie_in_the_active_span(net):
+  """With active_db, the crops are spread over the speech between the silence
+  around a take (frames 40-129 here), not from the clip's first frame."""
+  _, variables = net
+  crop, span = 32, (40, 130)
+  tta = models.get_model("avjax_audio", num_classes=8, eval_crop=crop, eval_crops=3,
+                         active_db=30.0, **SMALL)
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(1, 160, 64)).astype(np.float32)
+  x[:, :span[0]] = -12.0 + 0.1 * rng.normal(size=(1, span[0], 64))
+  x[:, span[1]:] = -12.0 + 0.1 * rng.normal(size=(1, 160 - span[1], 64))
+  inputs = {"logmel": jnp.asarray(x), "logmel_mask": jnp.ones((1, 160), bool)}
+  got = np.asarray(tta.apply(variables, inputs, train=False)["logits"])
+  active = avjax_audio.active_frames(jnp.asarray(x), jnp.ones((1, 160)), 30.0)
+  xn = np.asarray(avjax_audio.normalize_utterance(jnp.asarray(x), active, tta.normalize))
+  no_norm = models.get_model("avjax_audio", num_classes=8, normalize="none", **SMALL)
+  logps = []
+  for frac in (0.0, 0.5, 1.0):
+    s = span[0] + int(round((span[1] - span[0] - crop) * frac))
+    one = {"logmel": jnp.asarray(xn[:, s:s + crop]), "logmel_mask": jnp.ones((1, crop), bool)}
+    logits = no_norm.apply(variables, one, train=False)["logits"]
+    logps.append(np.asarray(jax.nn.log_softmax(logits, axis=-1))[0])
+  np.testing.assert_allclose(got[0], np.mean(logps, axis=0), rtol=1e-4, atol=1e-4)
+
+
 def test_active_db_masks_the_silence_around_a_take(net):
   _, variables = net
   model = models.get_model("avjax_audio", num_classes=8, active_db=30.0, **SMALL)

@@ -194,12 +194,18 @@ class AvjaxAudioNet(nn.Module):
       logits, embedding = self._head(self._features(x, mask, train=train), train=train)
       return {"logits": logits, "embedding": embedding}
     # Test-time averaging: n windows of `crop` frames, evenly spread over the
-    # clip's real frames, scored as one batch of n * B.
+    # span from the clip's first to its last kept frame (its active span when
+    # active_db masks the silence around a take, as the training crop does),
+    # scored as one batch of n * B.
     n = max(int(self.eval_crops), 1)
-    real = jnp.sum(mask, axis=1)                                      # (B,)
-    room = jnp.maximum(real - crop, 0.0)
+    kept = mask > 0
+    first = jnp.argmax(kept, axis=1)                                  # (B,)
+    last = t - 1 - jnp.argmax(kept[:, ::-1], axis=1)
+    span = jnp.maximum(last - first + 1, 0)
+    room = jnp.maximum(span - crop, 0).astype(jnp.float32)
     frac = jnp.linspace(0.0, 1.0, n) if n > 1 else jnp.full((1,), 0.5)
-    starts = jnp.round(room[None, :] * frac[:, None]).astype(jnp.int32)  # (n, B)
+    starts = first[None, :] + jnp.round(room[None, :] * frac[:, None]).astype(jnp.int32)
+    starts = jnp.minimum(starts, t - crop)                            # (n, B)
     idx = starts[..., None] + jnp.arange(crop)[None, None, :]        # (n, B, crop)
     xs = jnp.take_along_axis(x[None], idx[..., None], axis=2)        # (n, B, crop, F)
     ms = jnp.take_along_axis(mask[None], idx, axis=2)                # (n, B, crop)
