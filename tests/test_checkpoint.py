@@ -3,6 +3,8 @@ restoring onto a different device count."""
 
 from __future__ import annotations
 
+import json
+
 import logging
 
 import jax
@@ -114,6 +116,16 @@ def test_resume_conflicts_name_what_changes_the_run_and_allow_length_paths_hardw
               "pretrained.video.config.train.num_epochs=3", "model.conv_impl=xla")
   for override in harmless:
     assert conflicts(override) == [], override
+  # A run saved before train.ema_decay existed is the same run at its old value
+  # (0, off), for the run and for its branches; another value is another run.
+  old = json.loads(json.dumps(base))
+  del old["train"]["ema_decay"]
+  for branch in old["pretrained"].values():
+    del branch["config"]["train"]["ema_decay"]
+  assert ckpt_lib.resume_conflicts(old, base) == []
+  found = ckpt_lib.resume_conflicts(old, ckpt_lib.config_to_json(
+      load_config(spec, ["train.ema_decay=0.99"])))
+  assert len(found) == 1 and found[0].startswith("train.ema_decay="), found
   for override in ("data.fold=1", "data.k=3", "seed=5", "optimizer.learning_rate=0.5",
                    "pretrained.audio.config.optimizer.learning_rate=0.5"):
     found = conflicts(override)

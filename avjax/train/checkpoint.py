@@ -163,6 +163,12 @@ def flat_config(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
+# Config fields added after runs had been checkpointed, with the value those
+# runs had in effect: a saved config without the field is the same run as a
+# current one at that value (not "(unset) there, 0.0 here").
+ADDED_FIELDS = {"train.ema_decay": 0.0}
+
+
 def _resumable(key: str) -> bool:
   parts = key.split(".")
   # A branch's config inside `pretrained` follows the same rule as the run's own,
@@ -179,6 +185,10 @@ def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any]) -> li
   """`field: saved -> current` for every field outside RESUMABLE_FIELDS on which
   the checkpointed run's config and this one differ (both as `config_to_json`)."""
   a, b = flat_config(saved), flat_config(current)
+  for key, value in ADDED_FIELDS.items():  # At the top and in branch configs.
+    for field in {k for k in (*a, *b) if k == key or k.endswith("." + key)}:
+      a.setdefault(field, value)
+      b.setdefault(field, value)
   return [f"{k}={a.get(k, '(unset)')!r} there, {b.get(k, '(unset)')!r} here"
           for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not _resumable(k)]
 
