@@ -1,7 +1,7 @@
 """oneDNN convolutions as XLA:CPU custom calls (typed FFI): the Python side.
 
 `available()` loads avjax/ops/_onednn_conv.so (built by avjax/ops/build.py
-against the pinned onednn-cpu-gomp) and registers its three targets with
+against the pinned onednn-cpu-gomp) and registers its four targets with
 XLA; if that fails it warns once and returns False, and avjax.layers.conv
 keeps its XLA convolutions. `forward`, `backward_data` and `backward_weights`
 are the raw passes on XLA's own layouts (x (B, *S, C), w (*K, C, O)): no
