@@ -88,6 +88,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import multiprocessing
 import os
 import re
 import statistics
@@ -648,41 +649,151 @@ def make_batch(spec: NetSpec, batch_size: int) -> dict:
   return batch
 
 
+def _build_runners(spec: NetSpec, batch: dict, fw: str, smoke: bool,
+                   torch_device: str) -> list[dict]:
+  """The timed runner(s) of one framework: Keras has two (fit and a custom step)."""
+  start = time.perf_counter()
+  if fw.startswith("jax"):  # jax-<impl>: set_conv_impl(<impl>) for that row.
+    runners = [{"name": fw, **make_jax(spec, batch, smoke, fw[4:] if fw != "jax" else None)}]
+  elif fw == "keras":
+    runners = make_keras(spec, batch)
+  else:
+    runners = [{"name": "torch", **make_torch(spec, batch, torch_device)}]
+  print(f"  built {fw} in {time.perf_counter() - start:.1f} s"
+        + (f" (process {os.getpid()})" if multiprocessing.parent_process() else ""), flush=True)
+  return runners
+
+
+def _warm_up(runners: list[dict], steps: int) -> None:
+  for r in runners:
+    start = time.perf_counter()
+    r["run"](steps)
+    print(f"  warm-up {r['name']}: {steps} steps in {time.perf_counter() - start:.1f} s",
+          flush=True)
+
+
+def _round(runners: list[dict], steps: int, items: int) -> list[common.Measurement]:
+  return [common.measure(r["name"], lambda r=r: r["run"](steps), items=items,
+                         unit="examples", note=r["note"]) for r in runners]
+
+
+def _public(runner: dict) -> dict:
+  """What the parent reports of a runner (everything but the callable)."""
+  return {k: v for k, v in runner.items() if k != "run"}
+
+
+class _InProcess:
+  """`--processes one`: every framework in this process, sharing its heap."""
+
+  def __init__(self, spec, batch, fw, smoke, torch_device):
+    self._runners = _build_runners(spec, batch, fw, smoke, torch_device)
+    self.runners = [_public(r) for r in self._runners]
+
+  def warm_up(self, steps: int) -> None:
+    _warm_up(self._runners, steps)
+
+  def round(self, steps: int, items: int) -> list[common.Measurement]:
+    return _round(self._runners, steps, items)
+
+
+def _framework_worker(conn, net: str, fw: str, batch_size: int, smoke: bool,
+                      torch_device: str, host_memory: str) -> None:
+  """A spawned process that owns one framework: builds it, then warms up or
+  times rounds when the parent asks, so the rounds stay interleaved while each
+  framework keeps its own heap, threads and allocator, as in a user's run."""
+  try:
+    if host_memory == "keep":  # Before the framework starts its threads.
+      from avjax.ops import host_memory as hm  # pylint: disable=g-import-not-at-top
+      hm.keep_freed_host_memory()
+    spec = build_specs(smoke)[net]
+    runners = _build_runners(spec, make_batch(spec, batch_size), fw, smoke, torch_device)
+    conn.send(("built", [_public(r) for r in runners]))
+    while True:
+      command, steps, items = conn.recv()
+      if command == "stop":
+        return
+      if command == "warmup":
+        _warm_up(runners, steps)
+        conn.send(("done", None))
+      else:
+        conn.send(("done", [dataclasses.asdict(m) for m in _round(runners, steps, items)]))
+  except BaseException as e:  # pylint: disable=broad-except
+    conn.send(("error", f"{fw} on {net} (process {os.getpid()}): {type(e).__name__}: {e}"))
+    raise
+
+
+class _FrameworkProcess:
+  """`--processes per-framework` (the default): one spawned worker per framework."""
+
+  def __init__(self, net, fw, batch_size, smoke, torch_device, host_memory):
+    ctx = multiprocessing.get_context("spawn")
+    self._conn, child = ctx.Pipe()
+    self._proc = ctx.Process(target=_framework_worker, name=f"bench-{fw}", daemon=True,
+                             args=(child, net, fw, batch_size, smoke, torch_device,
+                                   host_memory))
+    self.fw = fw
+
+  def __enter__(self):
+    self._proc.start()
+    self.runners = self._reply()
+    return self
+
+  def __exit__(self, *exc):
+    if self._proc.is_alive():
+      with contextlib.suppress(OSError):
+        self._conn.send(("stop", 0, 0))
+      self._proc.join(60)
+      if self._proc.is_alive():
+        self._proc.kill()
+    return False
+
+  def _reply(self):
+    try:
+      kind, value = self._conn.recv()
+    except EOFError:
+      raise RuntimeError(f"the {self.fw} worker died (exit code "
+                         f"{self._proc.exitcode}); its output is above") from None
+    if kind == "error":
+      raise RuntimeError(value)
+    return value
+
+  def warm_up(self, steps: int) -> None:
+    self._conn.send(("warmup", steps, 0))
+    self._reply()
+
+  def round(self, steps: int, items: int) -> list[common.Measurement]:
+    self._conn.send(("round", steps, items))
+    return [common.Measurement(**m) for m in self._reply()]
+
+
 def bench_net(spec: NetSpec, frameworks: Sequence[str], *, batch_size: int, steps: int,
               repeat: int, warmup: int, smoke: bool, peak: float, gemm: float,
-              torch_device: str = "cpu") -> dict:
+              torch_device: str = "cpu", processes: str = "per-framework",
+              host_memory: str = "keep") -> dict:
   batch = make_batch(spec, batch_size)
   params, macs = trace(spec)
   train_flops = 3 * 2 * macs * batch_size
   print(f"\n== {spec.name}: batch {batch_size}, inputs "
         + ", ".join(f"{b.key} {(batch_size, *b.shape)} {b.dtype}" for b in spec.branches)
         + f"; {steps} steps x {repeat} rounds after {warmup} warm-up steps", flush=True)
-  runners: list[dict] = []
-  for fw in frameworks:
-    start = time.perf_counter()
-    if fw.startswith("jax"):  # jax-<impl>: set_conv_impl(<impl>) for that row.
-      runners.append({"name": fw, **make_jax(spec, batch, smoke,
-                                             fw[4:] if fw != "jax" else None)})
-    elif fw == "keras":
-      runners += make_keras(spec, batch)
-    elif fw == "torch":
-      runners.append({"name": "torch", **make_torch(spec, batch, torch_device)})
-    print(f"  built {fw} in {time.perf_counter() - start:.1f} s", flush=True)
-  for r in runners:  # Warm-up: Keras traces, torch allocates; jax is compiled.
-    start = time.perf_counter()
-    r["run"](warmup)
-    print(f"  warm-up {r['name']}: {warmup} steps in {time.perf_counter() - start:.1f} s",
-          flush=True)
-  ms: dict[str, common.Measurement] = {}
-  for rnd in range(repeat):  # Interleaved: each round times every framework once.
-    for r in runners:
-      m = common.measure(r["name"], lambda r=r: r["run"](steps), items=steps * batch_size,
-                         unit="examples", note=r["note"])
-      if r["name"] in ms:
-        ms[r["name"]].extend(m)
-      else:
-        ms[r["name"]] = m
-      print(f"  round {rnd + 1}/{repeat} {r['name']}: {m.rate:.2f} examples/s", flush=True)
+  with contextlib.ExitStack() as stack:
+    if processes == "per-framework":
+      groups = [stack.enter_context(_FrameworkProcess(
+          spec.name, fw, batch_size, smoke, torch_device, host_memory)) for fw in frameworks]
+    else:
+      groups = [_InProcess(spec, batch, fw, smoke, torch_device) for fw in frameworks]
+    runners = [r for g in groups for r in g.runners]
+    for g in groups:  # Warm-up: Keras traces, torch allocates, heaps grow; jax is compiled.
+      g.warm_up(warmup)
+    ms: dict[str, common.Measurement] = {}
+    for rnd in range(repeat):  # Interleaved: each round times every framework once.
+      for g in groups:
+        for m in g.round(steps, steps * batch_size):
+          if m.name in ms:
+            ms[m.name].extend(m)
+          else:
+            ms[m.name] = m
+          print(f"  round {rnd + 1}/{repeat} {m.name}: {m.rate:.2f} examples/s", flush=True)
 
   print(f"\n{spec.name}: analytic params {params:,}; train FLOPs/step = 3 x 2 x "
         f"{macs:,} MACs x {batch_size} = {train_flops / 1e9:.2f} GFLOP")
@@ -753,6 +864,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       help="keep: glibc reuses freed memory, as the avjax command sets it "
                            "(avjax/ops/host_memory.py); process-wide, so every framework "
                            "runs with it. default: glibc's own policy")
+  parser.add_argument("--processes", choices=("per-framework", "one"), default="per-framework",
+                      help="per-framework: each framework in its own spawned process (its "
+                           "own heap, as a user's run has), rounds still interleaved by this "
+                           "one; one: every framework in this process, sharing its heap")
   args = parser.parse_args(argv)
   from avjax.ops import host_memory  # pylint: disable=g-import-not-at-top
   # Before jax, TF or torch start threads (the arena limit binds only new ones).
@@ -792,18 +907,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"cpus={os.cpu_count()}, load={common.load_average():.1f}"
         + (f", torch on {torch_device}" if "torch" in frameworks else "")
         + f", host memory: {'kept (reused)' if kept else 'glibc default'}"
+        + f", processes: {args.processes}"
         + ("  [SMOKE: numbers mean nothing]" if smoke else ""))
   print(how)
   specs = build_specs(smoke)
   payload = {"benchmark": "train_step", "smoke": smoke, "machine": common.machine(),
              "peak_flops": peak, "peak_how": how, "gemm_flops": gemm, "repeat": repeat, "warmup": warmup,
-             "host_memory_kept": bool(kept),
+             "host_memory_kept": bool(kept), "processes": args.processes,
              "results": []}
   for name in nets:
     steps = args.steps or (1 if smoke else (3 if name in SLOW_NETS else 30))
     payload["results"].append(bench_net(
         specs[name], frameworks, batch_size=batch_size, steps=steps, repeat=repeat,
-        warmup=warmup, smoke=smoke, peak=peak, gemm=gemm, torch_device=torch_device))
+        warmup=warmup, smoke=smoke, peak=peak, gemm=gemm, torch_device=torch_device,
+        processes=args.processes, host_memory=args.host_memory))
   payload["machine_end"] = common.machine()
   common.write_json(args.json, payload)
   return payload

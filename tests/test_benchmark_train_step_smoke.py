@@ -35,6 +35,25 @@ def test_train_step_benchmark_runs_in_smoke_mode(tmp_path):
   for net in result["results"]:
     assert len(set(net["param_counts"].values())) == 1, net["param_counts"]
     assert set(net["param_counts"]) == {"jax", "keras-fit", "keras-step"}
+  # By default each framework of each net is built in a process of its own.
+  built = re.findall(r"^  built (\S+) in [\d.]+ s \(process (\d+)\)$", proc.stdout, re.M)
+  assert [fw for fw, _ in built] == ["jax", "keras"] * 2, proc.stdout
+  assert len({pid for _, pid in built}) == 4, built
+  assert result["processes"] == "per-framework"
+
+
+def test_train_step_benchmark_runs_every_framework_in_one_process_on_request(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  out = tmp_path / "train_step.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "benchmarks.train_step", "--smoke", "--nets", "fercnn",
+       "--frameworks", "jax,keras", "--processes", "one", "--json", str(out)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False)
+  assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  assert [m.group(1) for m in RATIO.finditer(proc.stdout)] == ["fercnn"], proc.stdout
+  assert re.findall(r"^  built (\S+) in [\d.]+ s$", proc.stdout, re.M) == ["jax", "keras"]
+  assert json.loads(out.read_text())["processes"] == "one"
 
 
 def test_s5_onn_spec_matches_the_registered_model():
