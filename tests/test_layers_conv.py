@@ -346,6 +346,7 @@ def test_onednn_with_sharded_batch_on_8_devices():
 # relu(conv + bias) in plain XLA.
 
 FUSED = "avjax_onednn_conv_forward_bias_act"
+WGRAD_BIAS = "avjax_onednn_conv_backward_weights_bias"
 
 
 def _bias_act_and_grads(impl, activation, x, w, b, strides=1, padding="SAME", dilation=1,
@@ -374,6 +375,9 @@ def test_fused_bias_act_matches_xla(onednn_split, case, activation):
   for a, r in zip(got, ref):
     _close(a, r)
   assert FUSED in hlo and "avjax_onednn_conv_forward\"" not in hlo
+  # The bias gradient comes from the weight-gradient call, not an XLA reduce.
+  assert f'custom_call_target="{WGRAD_BIAS}"' in hlo
+  assert 'custom_call_target="avjax_onednn_conv_backward_weights"' not in hlo
 
 
 @pytest.mark.parametrize("mapped", [False, True])
@@ -412,6 +416,8 @@ def test_fused_bias_act_with_sharded_batch_on_8_devices():
   assert got[0].sharding.spec == P("data")
   fused = [line for line in hlo.splitlines() if f'custom_call_target="{FUSED}"' in line]
   assert len(fused) == 1 and "f32[2,5,6,7,3]" in fused[0]  # Its own shard only.
+  wgrad = [line for line in hlo.splitlines() if f'custom_call_target="{WGRAD_BIAS}"' in line]
+  assert len(wgrad) == 1 and "f32[2,5,6,7,3]" in wgrad[0]  # Summed over the shards after.
 
 
 def test_conv_module_activation_is_relu_after_the_bias():

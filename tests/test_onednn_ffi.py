@@ -65,6 +65,12 @@ def test_raw_targets_under_vmap_expand_dims(mapped_w):
   ref_w = jax.vmap(jax.vmap(lambda a, b: jax.vjp(
       lambda w_: _ref(a, w_, strides, pads), jnp.zeros(w_shape))[1](b)[0]))(x, g)
   np.testing.assert_allclose(np.asarray(got_w), np.asarray(ref_w), rtol=1e-4, atol=1e-4)
+  # The weight gradient with the bias gradient: db is g summed but for channels.
+  wbgrad = lambda a, b: onednn._call("backward_weights_bias", w_shape, a.dtype, (a, b),
+                                     strides, dil, pads)
+  got_w, got_b = jax.jit(jax.vmap(jax.vmap(wbgrad)))(x, g)
+  np.testing.assert_allclose(np.asarray(got_w), np.asarray(ref_w), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(got_b), g.sum(axis=(2, 3, 4)), rtol=1e-4, atol=1e-4)
 
 
 def test_target_rejects_float16_with_a_clear_error():

@@ -438,8 +438,12 @@ def _onednn_conv_bias_act_bwd(strides, pads, dilation, relu, res, g):
   g = g.astype(x.dtype)
   if relu:
     g = jnp.where(y > 0, g, jnp.zeros_like(g))
-  db = jnp.sum(g, axis=tuple(range(g.ndim - 1)), dtype=jnp.float32).astype(x.dtype)
-  dx, dw = _onednn_conv_bwd(strides, pads, dilation, (x, w), g)
+  from avjax.ops import onednn  # pylint: disable=g-import-not-at-top
+  # The bias gradient comes out of the weight-gradient call (oneDNN's diff_bias).
+  dw, db = onednn.backward_weights_bias(x, g, w.shape, strides, dilation, pads)
+  if _ONEDNN_SERIAL:
+    w, g, _ = lax.optimization_barrier((w, g, dw))
+  dx = onednn.backward_data(w, g, x.shape, strides, dilation, pads)
   return dx, dw, db
 
 

@@ -7,7 +7,9 @@ keeps its XLA convolutions. `forward`, `backward_data` and `backward_weights`
 are the raw passes on XLA's own layouts (x (B, *S, C), w (*K, C, O)): no
 padded copies, oneDNN writes the result buffer. `forward_bias_act` is the
 forward pass with the bias add and an optional ReLU done by oneDNN on each
-output tile (post-ops), which saves XLA a full pass over the output.
+output tile (post-ops), which saves XLA a full pass over the output;
+`backward_weights_bias` is the weight gradient that also returns the bias
+gradient, reduced by oneDNN while it reads dy (a pass less for XLA).
 
 Under vmap the targets get `expand_dims` operands; the C++ side folds the
 mapped dims into the batch when the weights are unmapped, else loops.
@@ -35,11 +37,13 @@ LIBRARY = os.path.join(HERE, "_onednn_conv.so")
 TARGETS = {"forward": "avjax_onednn_conv_forward",
            "forward_bias_act": "avjax_onednn_conv_forward_bias_act",
            "backward_data": "avjax_onednn_conv_backward_data",
-           "backward_weights": "avjax_onednn_conv_backward_weights"}
+           "backward_weights": "avjax_onednn_conv_backward_weights",
+           "backward_weights_bias": "avjax_onednn_conv_backward_weights_bias"}
 _SYMBOLS = {"forward": "AvjaxOnednnConvForward",
             "forward_bias_act": "AvjaxOnednnConvForwardBiasAct",
             "backward_data": "AvjaxOnednnConvBackwardData",
-            "backward_weights": "AvjaxOnednnConvBackwardWeights"}
+            "backward_weights": "AvjaxOnednnConvBackwardWeights",
+            "backward_weights_bias": "AvjaxOnednnConvBackwardWeightsBias"}
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -142,8 +146,11 @@ def _call(key, shape, dtype, operands, strides, dilation, pads, relu=None):
   attrs = _attrs(strides, dilation, pads)
   if relu is not None:
     attrs["relu"] = np.int64(relu)
-  return jax.ffi.ffi_call(TARGETS[key], jax.ShapeDtypeStruct(tuple(shape), dtype),
-                          vmap_method="expand_dims")(*operands, **attrs)
+  result = jax.ShapeDtypeStruct(tuple(shape), dtype)
+  if key == "backward_weights_bias":  # (dw, db): db is (cout,).
+    result = (result, jax.ShapeDtypeStruct((shape[-1],), dtype))
+  return jax.ffi.ffi_call(TARGETS[key], result, vmap_method="expand_dims")(
+      *operands, **attrs)
 
 
 # ------------------------------------------------------------- partitioning
@@ -181,6 +188,8 @@ def _rule(n: int, pass_: str) -> str:
     return f"{x}, {w}, f -> {y}"
   if pass_ == "backward_data":
     return f"{w}, {y} -> {x}"
+  if pass_ == "backward_weights_bias":
+    return f"{x}, {y} -> {w}, f"
   return f"{x}, {y} -> {w}"
 
 
@@ -204,7 +213,9 @@ def _partitioned(pass_: str, n: int, strides, dilation, pads, relu=None):
   data_arg = 1 if pass_ == "backward_data" else 0  # The batched operand.
   # Operands that are never batch-sharded: the weights and the bias.
   replicated = {"forward": (1,), "forward_bias_act": (1, 2),
-                "backward_data": (0,), "backward_weights": ()}[pass_]
+                "backward_data": (0,), "backward_weights": (),
+                "backward_weights_bias": ()}[pass_]
+  weight_grad = pass_ in ("backward_weights", "backward_weights_bias")
 
   if pass_ == "forward_bias_act":
     @functools.partial(custom_partitioning, static_argnums=(3,))
@@ -224,6 +235,8 @@ def _partitioned(pass_: str, n: int, strides, dilation, pads, relu=None):
 
   def infer(shape, mesh, arg_shapes, result_shape_):
     batch, _ = shardings(mesh, arg_shapes)
+    if pass_ == "backward_weights_bias":
+      return (_named(mesh), _named(mesh))
     if pass_ == "backward_weights":
       return _named(mesh)
     return _named(mesh, batch, *([None] * (len(result_shape_.shape) - 1)))
@@ -232,11 +245,13 @@ def _partitioned(pass_: str, n: int, strides, dilation, pads, relu=None):
     batch, args = shardings(mesh, arg_shapes)
     axes = _axes(batch)
     size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    if pass_ == "backward_weights":
+    if weight_grad:  # Summed over the batch shards.
       def lower(a, b):
-        dw = local(a, b, shape)
-        return jax.lax.psum(dw, axes) if axes else dw
-      return mesh, lower, _named(mesh), tuple(args)
+        grads = local(a, b, shape)
+        return jax.lax.psum(grads, axes) if axes else grads
+      out = (_named(mesh), _named(mesh)) if pass_ == "backward_weights_bias" \
+          else _named(mesh)
+      return mesh, lower, out, tuple(args)
     local_shape = (shape[0] // size, *shape[1:])
 
     def lower(*operands):
@@ -248,7 +263,7 @@ def _partitioned(pass_: str, n: int, strides, dilation, pads, relu=None):
   order = list(dict.fromkeys(rule.replace(",", " ").replace("->", " ").split()))
   op.def_partition(infer_sharding_from_operands=infer, partition=partition,
                    sharding_rule=rule,
-                   reduction_factors=("b",) if pass_ == "backward_weights" else (),
+                   reduction_factors=("b",) if weight_grad else (),
                    need_replication_factors=tuple(f for f in order if f != "b"))
   del result_shape
   return op
@@ -269,7 +284,7 @@ def _batchable(pass_: str, n: int, strides, dilation, pads, shape, relu=None):
   @op.def_vmap
   def rule(axis_size, in_batched, *operands):
     others_mapped = any(m for i, m in enumerate(in_batched) if i != data_arg)
-    if pass_ != "backward_weights" and not others_mapped:
+    if pass_ not in ("backward_weights", "backward_weights_bias") and not others_mapped:
       d = operands[data_arg]
       folded = list(operands)
       folded[data_arg] = d.reshape(axis_size * d.shape[1], *d.shape[2:])
@@ -279,7 +294,8 @@ def _batchable(pass_: str, n: int, strides, dilation, pads, shape, relu=None):
       return y.reshape(axis_size, shape[0], *y.shape[1:]), True
     full = tuple(a if m else jnp.broadcast_to(a, (axis_size, *a.shape))
                  for a, m in zip(operands, in_batched))
-    return jax.lax.map(lambda args: op(*args), full), True
+    out = jax.lax.map(lambda args: op(*args), full)
+    return out, jax.tree.map(lambda _: True, out)
 
   return op
 
@@ -319,3 +335,9 @@ def backward_data(w, g, x_shape, strides, dilation, pads):
 def backward_weights(x, g, w_shape, strides, dilation, pads):
   """dw for y = conv(x, w), given dy = g."""
   return _dispatch("backward_weights", w_shape, (x, g), strides, dilation, pads)
+
+
+def backward_weights_bias(x, g, w_shape, strides, dilation, pads):
+  """(dw, db) for y = conv(x, w) + b, given dy = g: db is g summed over every
+  axis but the last, reduced inside the weight-gradient call."""
+  return _dispatch("backward_weights_bias", w_shape, (x, g), strides, dilation, pads)

@@ -16,6 +16,10 @@
 // read and write the whole output once more for `relu(conv + bias)` (on S1's
 // 16->16 Conv3D layer, 344 MB each way at batch 32).
 //
+// The weight gradient has a second target that also writes the bias gradient
+// (oneDNN's diff_bias, summed over the batch and positions while the kernel
+// reads dy): XLA would otherwise read the whole of dy once more to reduce it.
+//
 // vmap: jax calls the targets with vmap_method="expand_dims", so every
 // operand may carry L leading batch dims of size 1 or V. When the weights are
 // unbatched, those dims fold into the batch (one oneDNN call); otherwise the
@@ -120,7 +124,9 @@ struct Problem {
   memory::data_type wdtype;  // Weights (grad) dtype: f32 partials when chunked.
   int n;           // spatial dims
   int64_t batch, cin, cout;
-  bool bias = false, relu = false;  // Forward only: fused bias add and ReLU.
+  // Forward: fused bias add and ReLU. Weight gradient: bias also writes the
+  // bias gradient (in wdtype, like the weights').
+  bool bias = false, relu = false;
   Dims in, kernel, out, strides, dilation, pad_lo, pad_hi;
 
   std::string Key() const {
@@ -147,7 +153,8 @@ struct Problem {
     return memory::desc(d, dtype, DataTag(n));
   }
   memory::desc Bias() const {
-    return memory::desc({cout}, dtype, memory::format_tag::a);
+    return memory::desc({cout}, pass == Pass::kBackwardWeights ? wdtype : dtype,
+                        memory::format_tag::a);
   }
   memory::desc Weights(bool any) const {
     Dims d{cout, cin};
@@ -178,6 +185,7 @@ std::unique_ptr<Plan> MakePlan(const Problem& p) {
   plan->plain_w = p.Weights(false);
   Problem hint = p;
   hint.wdtype = p.dtype;
+  hint.pass = Pass::kForward;
   if (p.relu) {
     dnnl::post_ops ops;
     ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
@@ -187,7 +195,7 @@ std::unique_ptr<Plan> MakePlan(const Problem& p) {
       ? dnnl::convolution_forward::primitive_desc(
             eng, dnnl::prop_kind::forward_training,
             dnnl::algorithm::convolution_direct, src, hint.Weights(true),
-            p.Bias(), dst,
+            hint.Bias(), dst,
             p.strides, dil, p.pad_lo, p.pad_hi, attr)
       : dnnl::convolution_forward::primitive_desc(
             eng, dnnl::prop_kind::forward_training,
@@ -207,9 +215,13 @@ std::unique_ptr<Plan> MakePlan(const Problem& p) {
     plan->impl = bwd.impl_info_str();
     plan->prim = dnnl::convolution_backward_data(bwd);
   } else {
-    auto bwd = dnnl::convolution_backward_weights::primitive_desc(
-        eng, dnnl::algorithm::convolution_direct, src, w_any, dst, p.strides,
-        dil, p.pad_lo, p.pad_hi, fwd, attr);
+    auto bwd = p.bias
+        ? dnnl::convolution_backward_weights::primitive_desc(
+              eng, dnnl::algorithm::convolution_direct, src, w_any, p.Bias(),
+              dst, p.strides, dil, p.pad_lo, p.pad_hi, fwd, attr)
+        : dnnl::convolution_backward_weights::primitive_desc(
+              eng, dnnl::algorithm::convolution_direct, src, w_any, dst,
+              p.strides, dil, p.pad_lo, p.pad_hi, fwd, attr);
     plan->kernel_w = bwd.diff_weights_desc();
     plan->scratch = bwd.scratchpad_desc();
     plan->impl = bwd.impl_info_str();
@@ -279,10 +291,14 @@ void Run(const Problem& p, void* src, void* weights, void* dst,
                              {DNNL_ARG_DIFF_DST, dst_m},
                              {DNNL_ARG_SCRATCHPAD, pad_m}});
   } else {
-    plan.prim.execute(strm, {{DNNL_ARG_SRC, src_m},
-                             {DNNL_ARG_DIFF_WEIGHTS, kernel_w},
-                             {DNNL_ARG_DIFF_DST, dst_m},
-                             {DNNL_ARG_SCRATCHPAD, pad_m}});
+    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src_m},
+                                         {DNNL_ARG_DIFF_WEIGHTS, kernel_w},
+                                         {DNNL_ARG_DIFF_DST, dst_m},
+                                         {DNNL_ARG_SCRATCHPAD, pad_m}};
+    if (p.bias) {
+      args.emplace(DNNL_ARG_DIFF_BIAS, memory(p.Bias(), eng, bias));
+    }
+    plan.prim.execute(strm, args);
     if (plan.reorder_w) plan.to_plain_w.execute(strm, kernel_w, plain_w);
   }
   strm.wait();
@@ -380,18 +396,20 @@ bool AllOnes(const std::vector<int64_t>& v) {
   return true;
 }
 
-// The shared body of the four handlers. `data` is the batched operand whose
+// The shared body of the five handlers. `data` is the batched operand whose
 // role is src (forward, weight grad) or diff_src (data grad); `grad` is
 // dst/diff_dst; `w` the weights. `a`, `b` are the two inputs and `r` the
 // result, in the order the pass's FFI signature has them; `bias` (cout,)
-// and `relu` are the fused forward's.
+// and `relu` are the fused forward's, `dbias` (cout,) the weight gradient's
+// second result.
 ffi::Error Conv(ffi::ThreadPool* pool, Pass pass, ffi::AnyBuffer a,
                 ffi::AnyBuffer b,
                 ffi::Result<ffi::AnyBuffer> r, ffi::Span<const int64_t> strides,
                 ffi::Span<const int64_t> dilation,
                 ffi::Span<const int64_t> pad_lo,
                 ffi::Span<const int64_t> pad_hi,
-                ffi::AnyBuffer* bias = nullptr, bool relu = false) {
+                ffi::AnyBuffer* bias = nullptr, bool relu = false,
+                ffi::Result<ffi::AnyBuffer>* dbias = nullptr) {
   const int n = int(strides.size());
   if (n < 1 || n > 3 || dilation.size() != size_t(n) ||
       pad_lo.size() != size_t(n) || pad_hi.size() != size_t(n)) {
@@ -421,7 +439,7 @@ ffi::Error Conv(ffi::ThreadPool* pool, Pass pass, ffi::AnyBuffer a,
   Problem p;
   p.pass = pass;
   p.n = n;
-  p.bias = bias != nullptr;
+  p.bias = bias != nullptr || dbias != nullptr;
   p.relu = relu;
   if (dt == ffi::DataType::F32) {
     p.dtype = memory::data_type::f32;
@@ -457,6 +475,15 @@ ffi::Error Conv(ffi::ThreadPool* pool, Pass pass, ffi::AnyBuffer a,
     }
     blead = Lead(bd, 1);
     bp = static_cast<char*>(bias->untyped_data());
+  }
+  if (dbias) {
+    auto bd = (*dbias)->dimensions();
+    if ((*dbias)->element_type() != dt || bd.size() != L + 1 || bd[L] != p.cout ||
+        Lead(bd, 1) != wlead) {
+      return Fail("the bias gradient must be (cout,) like the weights' lead dims");
+    }
+    blead = wlead;
+    bp = static_cast<char*>((*dbias)->untyped_data());
   }
   // The result's leading dims are the broadcast of the inputs'.
   const auto& rlead = pass == Pass::kForward         ? ylead
@@ -502,6 +529,7 @@ ffi::Error Conv(ffi::ThreadPool* pool, Pass pass, ffi::AnyBuffer a,
     const bool partials = pass == Pass::kBackwardWeights && chunks > 1;
     const int64_t w_elems = wb / esize;
     std::vector<float> partial(partials ? jobs * w_elems : 0);
+    std::vector<float> partial_b(partials && dbias ? jobs * p.cout : 0);
     auto job = [&](int64_t j) {
       omp_set_num_threads(1);  // Parallel over jobs on XLA's threads instead.
       int64_t li = j / chunks, c = j % chunks;
@@ -516,7 +544,10 @@ ffi::Error Conv(ffi::ThreadPool* pool, Pass pass, ffi::AnyBuffer a,
       char* w = partials ? reinterpret_cast<char*>(partial.data() + j * w_elems)
                          : static_cast<char*>(wp) +
                                LeadOffset(lead, rlead, wlead) * wb;
-      char* b = bp ? bp + LeadOffset(lead, rlead, blead) * p.cout * esize : nullptr;
+      char* b = partials && dbias
+                    ? reinterpret_cast<char*>(partial_b.data() + j * p.cout)
+                : bp ? bp + LeadOffset(lead, rlead, blead) * p.cout * esize
+                     : nullptr;
       Run(q, x, w, y, b);
     };
     ParallelFor(pool, jobs, job);
@@ -531,6 +562,18 @@ ffi::Error Conv(ffi::ThreadPool* pool, Pass pass, ffi::AnyBuffer a,
             reinterpret_cast<float*>(out)[e] = sum;
           } else {
             reinterpret_cast<uint16_t*>(out)[e] = ToBf16(sum);
+          }
+        }
+        if (!dbias) continue;
+        const float* bsrc = partial_b.data() + li * chunks * p.cout;
+        char* bout = bp + li * p.cout * esize;
+        for (int64_t e = 0; e < p.cout; ++e) {
+          float sum = 0;
+          for (int64_t c = 0; c < chunks; ++c) sum += bsrc[c * p.cout + e];
+          if (p.dtype == memory::data_type::f32) {
+            reinterpret_cast<float*>(bout)[e] = sum;
+          } else {
+            reinterpret_cast<uint16_t*>(bout)[e] = ToBf16(sum);
           }
         }
       }
@@ -576,6 +619,18 @@ ffi::Error BackwardWeights(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffe
   return Conv(&pool, Pass::kBackwardWeights, x, dy, dw, s, d, lo, hi);
 }
 
+ffi::Error BackwardWeightsBias(ffi::ThreadPool pool, ffi::AnyBuffer x,
+                               ffi::AnyBuffer dy,
+                               ffi::Result<ffi::AnyBuffer> dw,
+                               ffi::Result<ffi::AnyBuffer> db,
+                               ffi::Span<const int64_t> s,
+                               ffi::Span<const int64_t> d,
+                               ffi::Span<const int64_t> lo,
+                               ffi::Span<const int64_t> hi) {
+  return Conv(&pool, Pass::kBackwardWeights, x, dy, dw, s, d, lo, hi, nullptr,
+              false, &db);
+}
+
 }  // namespace
 
 #define AVJAX_CONV_BINDING()                        \
@@ -607,6 +662,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AvjaxOnednnConvBackwardData, BackwardData,
                               AVJAX_CONV_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AvjaxOnednnConvBackwardWeights, BackwardWeights,
                               AVJAX_CONV_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AvjaxOnednnConvBackwardWeightsBias,
+                              BackwardWeightsBias,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
+                                  .Attr<ffi::Span<const int64_t>>("pad_hi"));
 
 #define AVJAX_EXPORT __attribute__((visibility("default")))
 
