@@ -122,11 +122,14 @@ def base_config(*, num_epochs: float, batch_size: int = 32,
 
 
 def use_branches(c: ml_collections.ConfigDict,
-                 branches: dict[str, ml_collections.ConfigDict]) -> None:
+                 branches: dict[str, ml_collections.ConfigDict],
+                 seed_offsets: dict[str, int] | None = None) -> None:
   """Wires a two-stage system from its branches' own full configs: the fusion
   model's `branches` are their model sections, its inputs and feature sets are
   theirs, the branches are frozen, and each config is kept under `pretrained` so
-  the branch can be trained on the fly (see avjax/train/stages.py)."""
+  the branch can be trained on the fly (see avjax/train/stages.py). A branch
+  trains with the run's seed plus its `seed_offset` (0 unless given): an
+  ensemble's members are the same config with different offsets."""
   names = sorted(branches)
   c.model.branches = ml_collections.ConfigDict(
       {m: {k: v for k, v in branches[m].model.to_dict().items() if k != "conv_impl"}
@@ -136,7 +139,9 @@ def use_branches(c: ml_collections.ConfigDict,
   c.data.feature_set, c.data.feature_sets = sets[0], tuple(sets[1:])
   c.train.frozen = tuple(names)
   for m in names:
-    c.pretrained[m] = ml_collections.ConfigDict({"workdir": "", "config": branches[m]})
+    c.pretrained[m] = ml_collections.ConfigDict(
+        {"workdir": "", "config": branches[m],
+         "seed_offset": int((seed_offsets or {}).get(m, 0))})
 
 
 def apply_hardware(c: ml_collections.ConfigDict, flags: set[str]) -> None:

@@ -115,10 +115,14 @@ import _base
 
 VARIANTS = ("audio",)
 EPOCHS = 80
+ENSEMBLE_SIZE = 3  # Members of the `ensemble` flag: seeds +0, +1, +2.
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  _, flags = _base.parse_args(arg, VARIANTS, default="audio", extra_flags=("full",))
+  _, flags = _base.parse_args(arg, VARIANTS, default="audio",
+                              extra_flags=("full", "ensemble"))
+  if "ensemble" in flags:
+    return _ensemble_config(flags - {"ensemble"})
   smoke, full = "smoke" in flags, "full" in flags
   c = _base.base_config(num_epochs=EPOCHS, batch_size=32, learning_rate=1e-3)
   c.system = "avjax audio"
@@ -171,4 +175,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if smoke:
     _base.apply_smoke_train(c)
     c.data.augment.time_crop.length = 200
+  return c
+
+
+def _ensemble_config(flags: set[str]) -> ml_collections.ConfigDict:
+  """`ensemble`: ENSEMBLE_SIZE copies of the single system, trained with seeds
+  offset by 0, 1, 2 (each its own run, on the same fold), their softmax
+  probabilities averaged (`decision_fusion`, rule `mean`); nothing is trained
+  in the fusion run itself."""
+  member = ",".join(["audio", *sorted(flags)])
+  c = _base.base_config(num_epochs=0)
+  c.system = f"avjax audio, {ENSEMBLE_SIZE}-seed ensemble"
+  c.paper_accuracy = -1.0
+  c.paper_protocol = ""
+  c.model.name = "decision_fusion"
+  c.model.rule = "mean"
+  names = [f"seed_{i}" for i in range(ENSEMBLE_SIZE)]
+  _base.use_branches(c, {n: get_config(member) for n in names},
+                     seed_offsets={n: i for i, n in enumerate(names)})
+  c.train.num_train_steps = 0  # A fixed rule: the run only evaluates.
+  _base.apply_hardware(c, flags)
+  if "smoke" in flags:
+    _base.apply_smoke_train(c)
+    c.train.num_train_steps = 0
   return c

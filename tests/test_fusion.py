@@ -19,6 +19,7 @@ from avjax.train import runtime, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S1 = os.path.join(REPO, "experiments", "sultana2024.py")
+AVJAX_AUDIO = os.path.join(REPO, "experiments", "avjax_audio.py")
 
 
 # --- rules --------------------------------------------------------------------------
@@ -211,3 +212,35 @@ def test_a_finished_branch_in_the_workdir_is_reused_only_for_the_same_run(tmp_pa
   assert set(stages.prepare_branches(old, str(workdir), train_branch=_must_not_train)) == {"audio", "video"}
   with pytest.raises(UserError, match="data.fold"):
     stages.prepare_branches(config_for(0), str(workdir), train_branch=_must_not_train)
+
+
+def test_an_ensemble_trains_each_member_with_its_own_seed(prepared, tmp_path):
+  """avjax_audio's `ensemble`: the members are the same config on the same fold,
+  seeds run seed + 0, 1, 2, so they differ; the run then only evaluates."""
+  data_dir = prepared("logmel")
+  config = load_config(AVJAX_AUDIO + ":ensemble,smoke", [
+      f"data.data_dir={data_dir}", "data.protocol=actor_kfold", "data.k=4", "seed=5"])
+  workdir = str(tmp_path / "ensemble")
+  trainer.train_and_evaluate(config, workdir)
+  names = sorted(config.model.branches)
+  assert len(names) == 3
+  seeds, kernels = [], []
+  for name in names:
+    branch = os.path.join(workdir, f"branch_{name}")
+    with open(os.path.join(branch, "config.json"), encoding="utf-8") as f:
+      saved = json.load(f)
+    assert saved["data"]["fold"] == config.data.fold and saved["model"]["name"] == "avjax_audio"
+    seeds.append(saved["seed"])
+  assert seeds == [5, 6, 7]
+  mesh = runtime.make_mesh(config)
+  datasets = runtime.create_datasets(config, mesh)
+  setup = runtime.build(config, datasets.info, mesh)
+  ck = ckpt_lib.Checkpointer(workdir, read_only=True)
+  fused = jax.device_get(runtime.restore_state(setup, ck, ck.latest_step()))
+  ck.close()
+  for name in names:
+    kernels.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(fused.params[name])]))
+  for a, b in [(0, 1), (0, 2), (1, 2)]:
+    assert not np.allclose(kernels[a], kernels[b]), (names[a], names[b])
+  with open(os.path.join(workdir, "report.json"), encoding="utf-8") as f:
+    assert json.load(f)["num_examples"]["test"] > 0

@@ -28,7 +28,7 @@ SPECS = (
     "almulla2024_weighted.py:weighted",
     "mocanu2023.py:av",
     "akturk2024.py:fusion", "akturk2024.py:keyframe", "akturk2024.py:mel",
-    "avjax_audio.py:audio",
+    "avjax_audio.py:audio", "avjax_audio.py:ensemble",
 )
 BATCH = 8
 

@@ -53,7 +53,8 @@ def branch_workdir(workdir: str, name: str, entry: Mapping[str, Any], fold: int,
 
 
 def branch_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """The branch's own config with the fusion run's data split, seed and mesh."""
+  """The branch's own config with the fusion run's data split, seed (plus the
+  entry's `seed_offset`, so an ensemble's members differ) and mesh."""
   entry = config.pretrained[name]
   if "config" not in entry or entry.config is None:
     raise UserError(f"config.pretrained.{name}: no workdir with a finished run and no "
@@ -65,7 +66,7 @@ def branch_config(config: ml_collections.ConfigDict, name: str) -> ml_collection
     for field in _SHARED_DATA_FIELDS:
       if field in config.data:
         sub.data[field] = copy.deepcopy(config.data[field])
-    sub.seed = config.seed
+    sub.seed = int(config.seed) + int(entry.get("seed_offset", 0) or 0)
     sub.mesh = copy.deepcopy(config.mesh)
     sub.multihost = config.get("multihost", False)
     spec = config.get("config_spec", "")
